@@ -1,0 +1,206 @@
+"""``optimize()``: the one-call API. Resolves the target's shipped pipeline (or yours), runs it under the
+pass manager with drift checks, optionally gates on AUROC, and returns an :class:`OptimizedModel`."""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+import anomopt.targets.lower  # noqa: F401  (registers the 'lower' pass for pipeline files)
+from anomopt.calibration_data import build_calibration_images, sample_images
+from anomopt.checkpoint import load_checkpoint
+from anomopt.errors import ConfigError
+from anomopt.graph import ModelGraph, capture
+from anomopt.models import KDModel
+from anomopt.passes import (
+    AccuracyGate,
+    Pass,
+    PassContext,
+    PassManager,
+    Pipeline,
+    PipelineReport,
+    Tolerance,
+    load_pipeline,
+    pipeline_path,
+    resolve_pass,
+)
+from anomopt.passes.gate import evaluate_graph
+from anomopt.targets import TargetSpec, get_target
+
+HELD_IMAGES = 8
+
+
+@dataclass
+class OptimizedModel:
+    """The result of :func:`optimize`."""
+
+    graph: ModelGraph
+    target: TargetSpec
+    bits: int
+    pipeline: Pipeline
+    passes_report: PipelineReport
+    categories: list[str]
+    normalization: dict[str, Any]
+    metrics_before: dict[str, Any] | None = None
+    metrics_after: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """Per-pass drift, AUROC before and after, and sizes, as plain data."""
+        out: dict[str, Any] = {
+            "target": self.target.name,
+            "bits": self.bits,
+            "pipeline": self.pipeline.name,
+            "pipeline_source": self.pipeline.source,
+            **self.passes_report.to_dict(),
+            "parameters": {r: self.graph.parameter_count(r) for r in ("teacher", "student", "head")},
+            "quant": self.graph.meta.get("quant"),
+            "calibration": self.graph.meta.get("calibration"),
+            "kept_fp": self.graph.meta.get("kept_fp", []),
+            "artifact": self.graph.meta.get("artifact"),
+        }
+        if self.metrics_before is not None:
+            out["metrics_before"] = self.metrics_before
+        if self.metrics_after is not None:
+            out["metrics_after"] = self.metrics_after
+        out.update(self.extra)
+        return out
+
+    def predict(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Scores ``(N,)`` and maps ``(N, H, W)`` from what this model deploys as."""
+        return self.graph.predict(images)
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the deployable artifact folder (``model.onnx`` + ``meta.json`` + ``report.json``)."""
+        from anomopt.targets.export import save_artifact
+
+        return save_artifact(self, Path(directory))
+
+
+def _as_pipeline(passes: Any, target: TargetSpec, bits: int, variant: str | None) -> Pipeline:
+    if passes is None:
+        return load_pipeline(pipeline_path(target.name, bits, variant))
+    if isinstance(passes, Pipeline):
+        return passes
+    if isinstance(passes, (str, os.PathLike)) and str(passes).endswith(".toml"):
+        return load_pipeline(passes)
+    if isinstance(passes, (list, tuple)):
+        built: list[Pass] = []
+        for item in passes:
+            if isinstance(item, tuple):
+                built.append(resolve_pass(item[0], **item[1]))
+            else:
+                built.append(resolve_pass(item))
+        return Pipeline(name="custom", target=target.name, bits=bits, passes=built, source="<python>")
+    raise ConfigError(f"passes must be None, a .toml path, a Pipeline or a list of passes, not {passes!r}")
+
+
+def optimize(
+    model: KDModel | str | os.PathLike[str],
+    target: str = "cpu",
+    bits: int = 8,
+    calib: Dataset | torch.Tensor | None = None,
+    eval: Dataset | None = None,  # noqa: A002 - the documented keyword
+    tolerance: Tolerance | dict[str, float] | None = None,
+    passes: Any = None,
+    *,
+    calib_source: str = "train",
+    calib_samples: int = 64,
+    variant: str | None = None,
+    pass_options: dict[str, dict[str, Any]] | None = None,
+    train: Dataset | torch.Tensor | None = None,
+    held: torch.Tensor | None = None,
+    categories: list[str] | None = None,
+    normalization: dict[str, Any] | None = None,
+    workdir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> OptimizedModel:
+    """Optimize a trained unified KD model for ``target`` at ``bits``.
+
+    ``calib`` holds normal training images (never test images); ``calib_source`` picks training images,
+    random-normal ``noise`` or ``mixed``. ``eval`` (labelled) measures AUROC before and after and, with
+    ``tolerance`` AUROC limits, gates the result. ``passes`` replaces the shipped pipeline: a ``.toml``
+    path, a :class:`Pipeline`, or a list of passes / names / ``"module:Class"`` strings / ``(name, options)``.
+    ``pass_options`` overrides options of named passes in the pipeline, e.g. ``{"calibrate": {"method": "max"}}``.
+    """
+    spec = get_target(target)
+    spec.check_bits(bits)
+    payload: dict[str, Any] = {}
+    if isinstance(model, (str, os.PathLike)):
+        model, payload = load_checkpoint(model)
+    if not isinstance(model, KDModel):
+        raise ConfigError(f"optimize() takes an anomopt KD model or a checkpoint path, not {type(model).__name__}")
+    categories = categories or payload.get("categories") or []
+    normalization = normalization or payload.get("normalization") or {}
+    pipeline = _as_pipeline(passes, spec, bits, variant)
+    for p in pipeline.passes:
+        for key, value in (pass_options or {}).get(p.name, {}).items():
+            (p.tolerance_override if key in p.TOLERANCE_KEYS else p.options)[key] = value
+
+    work = copy.deepcopy(model).eval()
+    size = work.config.image_size
+    torch.manual_seed(seed)
+    n_calib_pool = len(calib) if calib is not None else 0  # type: ignore[arg-type]
+    reserve = HELD_IMAGES if n_calib_pool > HELD_IMAGES * 2 else 0
+    if held is None:
+        if calib is not None:
+            held = (calib[-reserve:] if isinstance(calib, torch.Tensor) else
+                    torch.stack([calib[i]["image"] for i in range(n_calib_pool - max(reserve, min(HELD_IMAGES, n_calib_pool)), n_calib_pool)]))
+        else:
+            held = build_calibration_images("noise", None, HELD_IMAGES, size, work.config.backbone, seed + 1)
+    calib_images = build_calibration_images(calib_source, calib, calib_samples, size, work.config.backbone, seed, reserve)
+    train_images = None
+    if train is not None:
+        train_images = sample_images(train, len(train), seed)  # type: ignore[arg-type]
+    elif calib is not None:
+        train_images = sample_images(calib, n_calib_pool, seed, reserve)
+
+    tol = tolerance if isinstance(tolerance, Tolerance) else None
+    base_tol = pipeline.tolerance
+    if tol is None:
+        tol = base_tol.merged(dict(tolerance or {}))
+    ctx = PassContext(
+        target=spec,
+        bits=bits,
+        calib_images=calib_images,
+        train_images=train_images,
+        held_images=held,
+        eval_set=eval,
+        tolerance=tol,
+        seed=seed,
+        progress=progress,
+        workdir=str(workdir) if workdir else None,
+        state={"calib_source": calib_source, "categories": categories, "normalization": normalization},
+    )
+    graph = capture(work, held[:1])
+    graph.meta.update({"categories": categories, "normalization": normalization, "model_config": work.config.to_dict()})
+    metrics_before = evaluate_graph(graph, eval) if eval is not None else None
+    ctx.state["reference_metrics"] = metrics_before
+    run_passes = list(pipeline.passes)
+    wants_gate = np.isfinite(tol.max_image_auroc_drop) or np.isfinite(tol.max_pixel_auroc_drop)
+    if eval is not None and wants_gate and not any(isinstance(p, AccuracyGate) for p in run_passes):
+        run_passes.append(AccuracyGate())
+    graph, report = PassManager(run_passes).run(graph, ctx)
+    metrics_after = graph.meta.get("metrics_after")
+    if eval is not None and metrics_after is None:
+        metrics_after = evaluate_graph(graph, eval)
+    return OptimizedModel(
+        graph=graph,
+        target=spec,
+        bits=bits,
+        pipeline=pipeline,
+        passes_report=report,
+        categories=list(categories),
+        normalization=dict(normalization),
+        metrics_before=metrics_before,
+        metrics_after=metrics_after,
+    )

@@ -1,0 +1,272 @@
+"""Latency, throughput, memory and size measurements for FP32 torch, FP32 ONNX Runtime and INT8 ONNX Runtime.
+
+Each backend is measured in a fresh subprocess (:func:`run_isolated`), so its peak RSS is its own and one
+backend's thread pools or caches do not colour the next. Thread counts are set explicitly
+(``torch.set_num_threads`` / ``intra_op_num_threads``) and reported with the numbers. Latency is batch 1
+after warm-up (p50/p90/p99 over many runs); throughput is images per second at batch 8. Ratios are
+meant to be computed between rows of one invocation (same machine, same load).
+
+This module imports torch only inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+ROLES = ("teacher", "student", "head")
+
+
+def time_calls(
+    fn: Callable[[], Any], warmup: int = 10, iters: int = 50, min_seconds: float = 0.0
+) -> np.ndarray:
+    """Wall times of ``fn()`` in milliseconds after ``warmup`` untimed calls (at least ``iters`` calls, and
+    more until ``min_seconds`` have passed)."""
+    for _ in range(max(0, warmup)):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < iters or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return np.asarray(times)
+
+
+def latency_stats(times_ms: Sequence[float] | np.ndarray) -> dict[str, float]:
+    """p50 / p90 / p99 / mean / min of a list of latencies (ms)."""
+    t = np.asarray(times_ms, dtype=np.float64)
+    return {
+        "p50_ms": float(np.percentile(t, 50)),
+        "p90_ms": float(np.percentile(t, 90)),
+        "p99_ms": float(np.percentile(t, 99)),
+        "mean_ms": float(t.mean()),
+        "min_ms": float(t.min()),
+        "runs": int(t.size),
+    }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (``getrusage``; no psutil)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model name (``lscpu``), logical cores and load average, for the results header."""
+    name = platform.processor() or platform.machine()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.lower().startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = (float("nan"),) * 3
+    return {"model": name, "logical_cores": os.cpu_count(), "loadavg": [round(x, 2) for x in load]}
+
+
+# ------------------------------------------------------------------------------------- model figures
+
+
+def _role(name: str) -> str:
+    from anomopt.targets.onnx_export import role_of_onnx_name
+
+    role = role_of_onnx_name(name)
+    return role if role in ROLES else "head"
+
+
+def onnx_conv_macs(path: str | os.PathLike[str]) -> dict[str, int]:
+    """Multiply-accumulates of every Conv at batch 1: ``out_elems * (Cin / groups) * kh * kw``, per role
+    and ``total`` (other ops are not counted: they are a small fraction in these models)."""
+    proto = onnx.load(str(path))
+    dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    dim.Clear()
+    dim.dim_value = 1
+    proto = onnx.shape_inference.infer_shapes(proto)
+    shapes = {
+        vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        for vi in list(proto.graph.value_info) + list(proto.graph.output)
+    }
+    inits = {t.name: list(t.dims) for t in proto.graph.initializer}
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    macs = {r: 0 for r in ROLES}
+    for n in proto.graph.node:
+        if n.op_type != "Conv":
+            continue
+        w = n.input[1]
+        while (
+            w not in inits
+            and w in producers
+            and producers[w].op_type in ("DequantizeLinear", "QuantizeLinear")
+        ):
+            w = producers[w].input[0]
+        wshape = inits.get(w)
+        out = shapes.get(n.output[0])
+        if not wshape or not out or 0 in out:
+            continue
+        macs[_role(n.name)] += int(np.prod(out[1:])) * int(np.prod(wshape[1:]))
+    macs["total"] = sum(macs[r] for r in ROLES)
+    return macs
+
+
+def onnx_weight_bytes(path: str | os.PathLike[str]) -> dict[str, int]:
+    """Bytes of stored weights (initializers) per role, and the file size (``file``)."""
+    from anomopt.targets.onnx_export import initializer_bytes_by_role
+
+    sizes = initializer_bytes_by_role(onnx.load(str(path)))
+    sizes["head"] += sizes.pop("other", 0)
+    sizes["file"] = Path(path).stat().st_size
+    return sizes
+
+
+def torch_parameters(model: Any) -> dict[str, int]:
+    """Parameters per role of the inference path (US's training-only backbone excluded), and ``total``."""
+    counts = {r: sum(p.numel() for p in getattr(model, r).parameters()) for r in ROLES if hasattr(model, r)}
+    if hasattr(model, "teacher") and hasattr(model.teacher, "project"):
+        counts["teacher"] -= sum(p.numel() for p in model.teacher.project.parameters())  # US: training only
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+# ------------------------------------------------------------------------------------ measurements
+
+
+def measure_ort(
+    path: str | os.PathLike[str],
+    image_size: int,
+    threads: int = 2,
+    warmup: int = 10,
+    iters: int = 50,
+    batch: int = 8,
+    batch_iters: int = 10,
+) -> dict[str, Any]:
+    """Batch-1 latency and batch-``batch`` throughput of an ONNX model on the CPU execution provider."""
+    from anomopt.runtime.predictor import make_session
+
+    session = make_session(path, threads=threads)
+    name = session.get_inputs()[0].name
+    rng = np.random.default_rng(0)
+    x1 = rng.random((1, 3, image_size, image_size), dtype=np.float32)
+    xb = rng.random((batch, 3, image_size, image_size), dtype=np.float32)
+    lat = time_calls(lambda: session.run(None, {name: x1}), warmup, iters)
+    tb = time_calls(lambda: session.run(None, {name: xb}), max(1, warmup // 4), batch_iters)
+    return {
+        "backend": "onnxruntime",
+        "threads": threads,
+        **latency_stats(lat),
+        "throughput_ips": float(batch * 1000.0 / np.median(tb)),
+        "batch": batch,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def measure_torch(
+    model: Any,
+    image_size: int,
+    threads: int = 2,
+    warmup: int = 10,
+    iters: int = 50,
+    batch: int = 8,
+    batch_iters: int = 10,
+) -> dict[str, Any]:
+    """The same for a torch model in eager mode (``torch.no_grad``, eval, ``set_num_threads``)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    x1 = torch.rand(1, 3, image_size, image_size, generator=gen)
+    xb = torch.rand(batch, 3, image_size, image_size, generator=gen)
+    with torch.inference_mode():
+        lat = time_calls(lambda: model(x1), warmup, iters)
+        tb = time_calls(lambda: model(xb), max(1, warmup // 4), batch_iters)
+    return {
+        "backend": "torch-eager",
+        "threads": threads,
+        **latency_stats(lat),
+        "throughput_ips": float(batch * 1000.0 / np.median(tb)),
+        "batch": batch,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def _worker(spec: dict[str, Any]) -> dict[str, Any]:
+    kind = spec["backend"]
+    common = {
+        k: spec[k] for k in ("image_size", "threads", "warmup", "iters", "batch", "batch_iters") if k in spec
+    }
+    if kind == "ort":
+        return measure_ort(spec["path"], **common)
+    if kind == "torch":
+        from anomopt.checkpoint import load_checkpoint
+
+        model, _ = load_checkpoint(spec["path"])
+        return measure_torch(model, **common)
+    raise ValueError(f"unknown backend {kind!r}")
+
+
+def run_isolated(spec: dict[str, Any], timeout: float = 1800.0) -> dict[str, Any]:
+    """Measure one backend in a fresh Python process (``python -m anomopt.bench --worker JSON``).
+
+    ``spec``: ``backend`` ("ort": ``path`` to an ONNX file; "torch": ``path`` to an anomopt checkpoint),
+    ``image_size``, ``threads``, ``warmup``, ``iters``, ``batch``, ``batch_iters``.
+    """
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    threads = str(spec.get("threads", 2))
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    proc = subprocess.run(
+        [sys.executable, "-m", "anomopt.bench", "--worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark worker failed ({spec['backend']}): {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+    """A markdown table; ``columns`` are ``(header, key, format)`` with format like ``"{:.1f}"``."""
+    head = "| " + " | ".join(h for h, _, _ in columns) + " |"
+    sep = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"
+    lines = [head, sep]
+    for row in rows:
+        cells = []
+        for _, key, fmt in columns:
+            value = row.get(key)
+            cells.append("" if value is None else (fmt.format(value) if fmt else str(value)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Worker entry point: ``python -m anomopt.bench --worker '{"backend": ...}'`` prints one JSON line."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2 or args[0] != "--worker":
+        print("usage: python -m anomopt.bench --worker JSON", file=sys.stderr)
+        return 2
+    print(json.dumps(_worker(json.loads(args[1]))))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Entry point of the ``anomopt`` command: builds the parser from every command module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from anomopt import __version__
+from anomopt.errors import AnomoptError
+
+# Each module defines ``register(subparsers)`` that adds its command(s) and sets ``func``.
+COMMAND_MODULES = [
+    "anomopt.cli.data_cmd",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with ``--help`` on every command."""
+    parser = argparse.ArgumentParser(
+        prog="anomopt",
+        description="Optimize unified knowledge-distillation anomaly detectors for CPUs and Jetson.",
+    )
+    parser.add_argument("--version", action="version", version=f"anomopt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; user errors print one line on stderr and exit with status 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except AnomoptError as err:
+        print(f"anomopt: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("anomopt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

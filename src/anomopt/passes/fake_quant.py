@@ -1,0 +1,131 @@
+"""InsertFakeQuant: fake quantizers on the weights (per channel) and inputs of every conv in scope.
+
+The activation scheme comes from the target: asymmetric uint8 for ONNX Runtime on x86, symmetric int8
+for TensorRT. Weights are symmetric per output channel (8-bit, or 4-bit as an option). Layers can be
+kept in floating point by name (``keep_fp``, fnmatch patterns). Quantizers are attached without changing
+the module tree: a parametrization on the weight and a forward pre-hook on the input, so the model
+still trains (QAT) and exports (QuantizeLinear/DequantizeLinear pairs).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from anomopt.errors import ConfigError
+from anomopt.graph import ModelGraph
+from anomopt.passes.base import Pass, PassContext
+from anomopt.quant import FakeQuantizer, QuantScheme
+
+SCOPES = {"student": ("student",), "teacher": ("teacher",), "all": ("teacher", "student")}
+
+
+def _quantize_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (module.input_quantizer(args[0]),) + tuple(args[1:])
+
+
+def attach_quantizers(conv: nn.Conv2d, weight: QuantScheme, act: QuantScheme) -> None:
+    """Give ``conv`` a weight parametrization and an input quantizer (idempotent)."""
+    if getattr(conv, "input_quantizer", None) is not None:
+        return
+    wq = FakeQuantizer(weight, channels=conv.out_channels)
+    with torch.no_grad():
+        bound = conv.weight.detach().abs().amax(dim=tuple(range(1, conv.weight.dim())))
+    wq.set_range(-bound, bound)
+    parametrize.register_parametrization(conv, "weight", wq)
+    conv.input_quantizer = FakeQuantizer(act)
+    conv.register_forward_pre_hook(_quantize_input)
+
+
+def weight_quantizer(conv: nn.Module) -> FakeQuantizer | None:
+    """The weight quantizer of a quantized conv, if any."""
+    if parametrize.is_parametrized(conv, "weight"):
+        q = conv.parametrizations.weight[0]
+        return q if isinstance(q, FakeQuantizer) else None
+    return None
+
+
+def quantized_layers(graph: ModelGraph) -> list[str]:
+    """Names of the layers carrying fake quantizers."""
+    return list(graph.meta.get("quantized_layers", []))
+
+
+def set_layer_quantized(graph: ModelGraph, name: str, enabled: bool) -> None:
+    """Switch one layer's weight and input quantizers on or off (mixed precision)."""
+    conv = graph.module(name)
+    conv.input_quantizer.enabled = enabled
+    wq = weight_quantizer(conv)
+    if wq is not None:
+        wq.enabled = enabled
+
+
+def recalibrate_weights(graph: ModelGraph) -> None:
+    """Re-derive per-channel weight ranges from the current weights (after QAT steps, say)."""
+    for name in quantized_layers(graph):
+        conv = graph.module(name)
+        wq = weight_quantizer(conv)
+        if wq is None:
+            continue
+        w = conv.parametrizations.weight.original.detach()
+        bound = w.abs().amax(dim=tuple(range(1, w.dim())))
+        wq.set_range(-bound, bound)
+
+
+class InsertFakeQuant(Pass):
+    """Insert fake quantizers; options: ``scope`` (student|teacher|all), ``weight_bits`` (8|4),
+    ``act_bits``, ``per_channel``, ``keep_fp`` (list of name patterns)."""
+
+    name = "insert_fake_quant"
+    provides = frozenset({"fake_quant"})
+    preserves = frozenset({"bn_folded", "pruned"})
+    changes_outputs = False  # quantizers stay identity until calibrated
+
+    def run(self, graph: ModelGraph, ctx: PassContext) -> ModelGraph:
+        scope = self.options.get("scope", "student")
+        if scope not in SCOPES:
+            raise ConfigError(f"insert_fake_quant: scope must be one of {', '.join(SCOPES)}, not {scope!r}")
+        weight_bits = int(self.options.get("weight_bits", ctx.bits))
+        act_bits = int(self.options.get("act_bits", ctx.bits))
+        if weight_bits not in (4, 8) or act_bits != 8:
+            raise ConfigError(f"insert_fake_quant: supports 8-bit activations and 8- or 4-bit weights, "
+                              f"not weights {weight_bits} / activations {act_bits}")
+        symmetric_act = bool(self.options.get("symmetric_activations", _target_symmetric(ctx)))
+        per_channel = bool(self.options.get("per_channel", True))
+        keep = list(self.options.get("keep_fp", []))
+        wscheme = QuantScheme(weight_bits, True, 0 if per_channel else None)
+        ascheme = QuantScheme(act_bits, symmetric_act, None)
+        layers = []
+        for node in graph.nodes_with_role(*SCOPES[scope]):
+            module = graph.module(node.name)
+            if not isinstance(module, nn.Conv2d) or any(fnmatch.fnmatch(node.name, pat) for pat in keep):
+                continue
+            if not per_channel:
+                wscheme_t = QuantScheme(weight_bits, True, None)
+                attach_quantizers(module, wscheme_t, ascheme)
+                wq = weight_quantizer(module)
+                assert wq is not None
+                bound = module.parametrizations.weight.original.detach().abs().max()
+                wq.set_range(-bound, bound)
+            else:
+                attach_quantizers(module, wscheme, ascheme)
+            layers.append(node.name)
+        graph.meta["quantized_layers"] = layers
+        graph.meta["quant"] = {
+            "scope": scope,
+            "weight_bits": weight_bits,
+            "act_bits": act_bits,
+            "symmetric_activations": symmetric_act,
+            "per_channel": per_channel,
+            "keep_fp": keep,
+        }
+        graph.meta["last_pass_notes"] = {"quantized_layers": len(layers)}
+        return graph
+
+
+def _target_symmetric(ctx: PassContext) -> bool:
+    target = ctx.target
+    return bool(getattr(target, "symmetric_activations", False)) if target is not None else False

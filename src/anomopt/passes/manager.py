@@ -1,0 +1,136 @@
+"""The pass manager: checks requirements, runs a pipeline, measures drift after every pass, and refuses
+a pass whose drift breaks the tolerance, naming the pass and by how much."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from anomopt.errors import DriftError, PipelineError
+from anomopt.graph import ModelGraph
+from anomopt.passes.base import ALL, Pass, PassContext, Tolerance
+from anomopt.passes.drift import Drift, measure_drift
+
+
+@dataclass
+class PassRecord:
+    """What one pass did."""
+
+    name: str
+    options: dict[str, Any]
+    seconds: float
+    drift: dict[str, float] | None
+    tolerance: dict[str, float]
+    properties: list[str]
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineReport:
+    """Per-pass records of one pipeline run."""
+
+    records: list[PassRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passes": [asdict(r) for r in self.records]}
+
+    def table(self) -> str:
+        """A fixed-width text table: pass, seconds, score drift, map drift, rank correlation."""
+        lines = [f"{'pass':28s} {'seconds':>8s} {'score drift':>12s} {'map drift':>10s} {'rank corr':>9s}"]
+        for r in self.records:
+            d = r.drift or {}
+            lines.append(
+                f"{r.name:28s} {r.seconds:8.2f} {d.get('score', float('nan')):12.4g} "
+                f"{d.get('map', float('nan')):10.4g} {d.get('score_rank_corr', float('nan')):9.4f}"
+            )
+        return "\n".join(lines)
+
+
+def _held_outputs(graph: ModelGraph, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    return graph.predict(images)
+
+
+class PassManager:
+    """Runs passes in order on a :class:`ModelGraph`."""
+
+    def __init__(self, passes: list[Pass]) -> None:
+        self.passes = list(passes)
+
+    def check(self, properties: set[str]) -> None:
+        """Statically check that every pass's requirements will be met; raises before anything runs."""
+        props = set(properties)
+        for i, p in enumerate(self.passes):
+            missing = p.requires - props
+            if missing:
+                raise PipelineError(
+                    f"pass #{i + 1} {p.name!r} requires {sorted(missing)}, which no earlier pass provides; "
+                    f"add the pass that provides it before {p.name!r}"
+                )
+            clash = p.forbids & props
+            if clash:
+                raise PipelineError(f"pass #{i + 1} {p.name!r} cannot run once the graph is {sorted(clash)}")
+            props = _after(props, p)
+
+    def run(self, graph: ModelGraph, ctx: PassContext) -> tuple[ModelGraph, PipelineReport]:
+        """Run every pass; raise :class:`DriftError` when one breaks its tolerance."""
+        self.check(graph.properties)
+        report = PipelineReport()
+        held = ctx.held_images
+        ref = _held_outputs(graph, held) if held is not None else None
+        for p in self.passes:
+            t0 = time.perf_counter()
+            graph = p.run(graph, ctx)
+            seconds = time.perf_counter() - t0
+            graph.properties = _after(graph.properties, p)
+            tol: Tolerance = ctx.tolerance.merged(p.tolerance_override)
+            drift: Drift | None = None
+            if ref is not None and held is not None and p.changes_outputs:
+                drift = measure_drift(*_held_outputs(graph, held), *ref)
+            notes = dict(graph.meta.pop("last_pass_notes", {}) or {})
+            report.records.append(
+                PassRecord(
+                    name=p.name,
+                    options={k: _jsonable(v) for k, v in p.options.items()},
+                    seconds=seconds,
+                    drift=drift.to_dict() if drift else None,
+                    tolerance={k: v for k, v in asdict(tol).items() if np.isfinite(v)},
+                    properties=sorted(graph.properties),
+                    notes=notes,
+                )
+            )
+            if drift is not None:
+                _enforce(p.name, drift, tol)
+        graph.meta["report"] = report
+        return graph, report
+
+
+def _after(props: set[str], p: Pass) -> set[str]:
+    kept = set(props) if p.preserves == ALL else props & set(p.preserves)
+    return kept | set(p.provides)
+
+
+def _enforce(name: str, drift: Drift, tol: Tolerance) -> None:
+    if not np.isfinite(drift.score) or drift.score > tol.max_score_drift:
+        raise DriftError(
+            f"pass {name!r} moved image scores by {drift.score:.4g} (relative L2) on the held batch, "
+            f"over its tolerance {tol.max_score_drift:.4g} (by {drift.score - tol.max_score_drift:.4g})"
+        )
+    if not np.isfinite(drift.map) or drift.map > tol.max_map_drift:
+        raise DriftError(
+            f"pass {name!r} moved anomaly maps by {drift.map:.4g} (relative L2) on the held batch, "
+            f"over its tolerance {tol.max_map_drift:.4g} (by {drift.map - tol.max_map_drift:.4g})"
+        )
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    return repr(v)

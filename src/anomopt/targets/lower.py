@@ -1,0 +1,194 @@
+"""The ``lower`` pass: turn the optimized torch graph into the deployable artifact for its target.
+
+- ``cpu``: FP32 ONNX (bits 32), or ONNX Runtime static INT8 QDQ from it (bits 8, see ort_lowering).
+- ``xavier_nx`` / ``orin`` (TensorRT): INT8 = the QDQ ONNX from the fake-quant graph (explicit
+  quantization; ``trt_quantization="implicit"`` gives the FP32 ONNX plus ``calib.cache`` instead),
+  FP16/FP32 = the FP32 ONNX; ``build_engine.sh`` holds the ``trtexec`` command to run on the device.
+
+The pass sets ``graph.runner`` to an ONNX Runtime runner over the produced ONNX, so the pass manager
+measures the drift of the real artifact. TensorRT artifacts run in ONNX Runtime on the CPU as a functional
+stand-in (the QDQ ONNX computes the int8 math TensorRT runs; FP16 is not emulated) and the notes say so.
+
+Options: ``threads`` (runner), ``float_consumers`` (True), ``use_torch_ranges`` (True),
+``trt_quantization`` (explicit|implicit), ``dla_core``, ``workspace_mib`` (1024), ``fp16_fallback``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from anomopt.errors import PipelineError, TargetError
+from anomopt.graph import ModelGraph
+from anomopt.passes.base import Pass, PassContext
+from anomopt.passes.fake_quant import SCOPES
+from anomopt.runtime.predictor import OnnxRunner
+from anomopt.targets.onnx_export import export_onnx
+from anomopt.targets.spec import TargetSpec
+
+PRECISION_NAMES = {8: "int8", 16: "fp16", 32: "fp32"}
+MODEL_FILE = "model.onnx"
+
+
+def precision_name(bits: int) -> str:
+    """``8`` -> ``"int8"`` and so on."""
+    if bits not in PRECISION_NAMES:
+        raise TargetError(f"bits must be 8, 16 or 32, not {bits}")
+    return PRECISION_NAMES[bits]
+
+
+def lower_graph(
+    graph: ModelGraph,
+    target: TargetSpec,
+    bits: int,
+    out_dir: str | Path,
+    calib_images: torch.Tensor | None = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the artifact files for ``target`` at ``bits`` into ``out_dir``; returns the artifact record
+    (paths, precision, runtime, notes) that :func:`anomopt.targets.export.save_artifact` reuses."""
+    opts = dict(options or {})
+    target.check_bits(bits)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "_work"
+    work.mkdir(exist_ok=True)
+    precision = precision_name(bits)
+    size = int(graph.model.config.image_size)
+    opset = max(13, int(target.onnx_opset))
+    record: dict[str, Any] = {
+        "dir": str(out),
+        "model": str(out / MODEL_FILE),
+        "target": target.name,
+        "runtime": target.runtime,
+        "precision": precision,
+        "image_size": size,
+        "opset": opset,
+        "files": [MODEL_FILE],
+    }
+    notes: dict[str, Any] = {}
+    quantized = bits == 8
+    if quantized and not graph.meta.get("quantized_layers"):
+        raise TargetError("INT8 lowering needs the insert_fake_quant and calibrate passes before 'lower'")
+    if target.runtime == "onnxruntime":
+        fp32 = export_onnx(graph, work / "model_fp32.onnx", opset=opset)
+        notes["export"] = fp32.notes
+        if quantized:
+            from anomopt.targets.ort_lowering import integer_kernel_counts, quantize_ort_int8
+
+            if calib_images is None:
+                raise TargetError("CPU INT8 lowering needs calibration images")
+            notes["quantization"] = quantize_ort_int8(
+                fp32.path,
+                out / MODEL_FILE,
+                graph,
+                fp32.conv_map,
+                calib_images,
+                use_torch_ranges=bool(opts.get("use_torch_ranges", True)),
+                float_consumers=bool(opts.get("float_consumers", True)),
+            )
+            kernels = integer_kernel_counts(out / MODEL_FILE)
+            notes["integer_kernels"] = {
+                k: kernels[k] for k in ("integer_convs", "float_convs", "by_role", "qlinear_other")
+            }
+        else:
+            shutil.copyfile(fp32.path, out / MODEL_FILE)
+        record["runner"] = "onnxruntime CPU (the artifact itself)"
+    elif target.runtime == "tensorrt":
+        from anomopt.targets import tensorrt as trt
+
+        mode = str(opts.get("trt_quantization", "explicit"))
+        if mode not in ("explicit", "implicit"):
+            raise TargetError(f"trt_quantization must be 'explicit' or 'implicit', not {mode!r}")
+        calib_file = None
+        if quantized and mode == "explicit":
+            qdq = trt.export_qdq_onnx(graph, out / MODEL_FILE, opset=opset)
+            notes["export"] = qdq.notes
+            record["quantization"] = "explicit (Q/DQ in the ONNX)"
+        else:
+            fp32 = export_onnx(graph, out / MODEL_FILE, opset=opset)
+            notes["export"] = fp32.notes
+            if quantized:
+                if calib_images is None:
+                    raise TargetError("TensorRT implicit INT8 needs calibration images for the cache")
+                roles = SCOPES.get(str((graph.meta.get("quant") or {}).get("scope", "student")), ("student",))
+                ranges = trt.calibration_ranges(out / MODEL_FILE, calib_images, roles=roles)
+                trt.write_calibration_cache(
+                    out / "calib.cache", ranges, version=trt.cache_version(target.trt_version)
+                )
+                calib_file = "calib.cache"
+                record["files"].append(calib_file)
+                record["quantization"] = "implicit (calibration cache)"
+                notes["calibration_cache"] = {
+                    "tensors": len(ranges),
+                    "roles": list(roles),
+                    "method": "ONNX Runtime Entropy",
+                    "version": trt.cache_version(target.trt_version),
+                }
+        dla = opts.get("dla_core")
+        command = trt.trtexec_command(
+            MODEL_FILE,
+            "model.engine",
+            precision,
+            image_size=size,
+            calib_cache=calib_file,
+            dla_core=None if dla is None else int(dla),
+            workspace_mib=int(opts.get("workspace_mib", 1024)),
+            fp16_fallback=bool(opts.get("fp16_fallback", False)),
+        )
+        trt.write_build_script(out, command)
+        record["files"].append("build_engine.sh")
+        record["trtexec"] = command
+        record["trt_version"] = target.trt_version
+        record["runner"] = (
+            "onnxruntime CPU running the "
+            + (
+                "QDQ ONNX (int8 math as TensorRT's explicit quantization)"
+                if quantized and mode == "explicit"
+                else "FP32 ONNX (TensorRT " + precision.upper() + " is not emulated on the CPU)"
+            )
+            + " as a functional stand-in for the TensorRT engine"
+        )
+    else:  # pragma: no cover - specs only name these runtimes
+        raise TargetError(f"no lowering for runtime {target.runtime!r}")
+    shutil.rmtree(work, ignore_errors=True)
+    record["notes"] = notes
+    return record
+
+
+class Lower(Pass):
+    """Lower to the target's deployable artifact and route ``graph.predict`` through it."""
+
+    name = "lower"
+    provides = frozenset({"lowered"})
+
+    def run(self, graph: ModelGraph, ctx: PassContext) -> ModelGraph:
+        # requires {"calibrated"} at 8 bits only: the bits come with the context, so it is checked here
+        if ctx.bits == 8 and "calibrated" not in graph.properties:
+            raise PipelineError(
+                "pass 'lower' at 8 bits requires ['calibrated'], which no earlier pass provides; "
+                "add 'insert_fake_quant' and 'calibrate' before 'lower'"
+            )
+        if ctx.target is None:
+            raise TargetError("pass 'lower' needs a target in the pass context")
+        if ctx.workdir:
+            out = Path(ctx.workdir) / f"artifact-{ctx.target.name}-{precision_name(ctx.bits)}"
+        else:
+            out = Path(tempfile.mkdtemp(prefix=f"anomopt-{ctx.target.name}-{precision_name(ctx.bits)}-"))
+        record = lower_graph(graph, ctx.target, ctx.bits, out, ctx.calib_images, self.options)
+        graph.meta["artifact"] = record
+        graph.runner = OnnxRunner(
+            record["model"], threads=self.options.get("threads"), description=record["runner"]
+        )
+        graph.meta["last_pass_notes"] = {
+            "artifact": record["dir"],
+            "precision": record["precision"],
+            "runner": record["runner"],
+            **({"trtexec": " ".join(record["trtexec"])} if "trtexec" in record else {}),
+            **record["notes"],
+        }
+        return graph

@@ -1,0 +1,417 @@
+"""TensorRT lowering (Jetson Xavier NX / Orin): ONNX files, calibration cache, engine-build command.
+
+Three ways to an engine, all from files this module writes (checked here, built on the device):
+
+- **INT8, explicit quantization** (default): the fake-quant graph exported with symmetric int8 quantizers,
+  in NVIDIA's placement: QuantizeLinear/DequantizeLinear on every quantized conv's input (per tensor) and
+  int8 per-channel (axis 0) weights behind a DequantizeLinear. TensorRT fuses them into int8 convs and
+  runs everything else (teacher, head) in the precision the flags allow (FP32 by default).
+- **INT8, implicit quantization**: the FP32 ONNX plus a calibration cache (``calib.cache``) in TensorRT's
+  text format, with ranges computed by ONNX Runtime's entropy calibrator over the calibration images.
+- **FP16**: the FP32 ONNX built with ``--fp16``.
+
+:func:`trtexec_command` gives the exact build command (written as ``build_engine.sh`` into the artifact);
+:func:`build_engine` runs the TensorRT Python API where ``import tensorrt`` works and otherwise raises a
+:class:`TargetError` with that command. ``backend="torch_tensorrt"`` compiles straight from the torch graph
+where ``torch_tensorrt`` imports.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import struct
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from anomopt.errors import TargetError
+from anomopt.targets.onnx_export import (
+    INPUT_NAME,
+    OnnxExport,
+    export_onnx,
+    fake_quantizers,
+    role_of_onnx_name,
+)
+
+#: TensorRT release -> the version number its calibration caches carry (NV_TENSORRT_VERSION style)
+CACHE_VERSIONS = {"8.5": "8502", "8.6": "8601", "10.0": "10000", "10.3": "10300"}
+DEFAULT_CALIBRATOR = "EntropyCalibration2"
+PRECISIONS = ("int8", "fp16", "fp32")
+
+
+def cache_version(trt_version: str | None) -> str:
+    """The cache header version for a TensorRT release string (``"8.5"`` -> ``"8502"``)."""
+    if trt_version is None:
+        return CACHE_VERSIONS["8.5"]
+    if trt_version.isdigit():
+        return trt_version
+    if trt_version in CACHE_VERSIONS:
+        return CACHE_VERSIONS[trt_version]
+    parts = [int(p) for p in trt_version.split(".")[:3] if p.isdigit()]
+    while len(parts) < 3:
+        parts.append(0)
+    return str(parts[0] * 1000 + parts[1] * 100 + parts[2])
+
+
+# --------------------------------------------------------------------------------------------- QDQ ONNX
+
+
+def check_symmetric_int8(model: Any) -> None:
+    """Raise unless every enabled quantizer is calibrated, symmetric and 8-bit (what TensorRT runs)."""
+    active = [q for q in fake_quantizers(model) if q.enabled]
+    if not active:
+        raise TargetError(
+            "no fake quantizers: run insert_fake_quant and calibrate before the TensorRT INT8 export"
+        )
+    for q in active:
+        if not bool(q.calibrated):
+            raise TargetError("a fake quantizer is not calibrated: run the calibrate pass first")
+        if not q.scheme.symmetric or q.scheme.bits != 8:
+            raise TargetError(
+                "TensorRT explicit quantization needs symmetric int8 quantizers; this graph has "
+                f"{'asymmetric' if not q.scheme.symmetric else ''} {q.scheme.bits}-bit ones "
+                "(a CPU pipeline?). "
+                "Use the xavier_nx / orin pipelines, or insert_fake_quant with symmetric_activations=true"
+            )
+
+
+def export_qdq_onnx(graph: Any, path: str | os.PathLike[str], opset: int = 17) -> OnnxExport:
+    """Export the fake-quant graph as a TensorRT explicit-quantization (QDQ) ONNX."""
+    model = graph.model if hasattr(graph, "model") else graph
+    check_symmetric_int8(model)
+    exported = export_onnx(graph, path, opset=opset, fake_quant=True)
+    info = qdq_summary(onnx.load(str(exported.path)))
+    if info["quantize_linear"] == 0 or info["weight_dequantize_linear"] == 0:
+        raise TargetError(f"{exported.path}: the export holds no Q/DQ pairs ({info})")
+    if info["asymmetric"]:
+        raise TargetError(
+            f"{exported.path}: non-zero zero points in {info['asymmetric'][:3]}: "
+            "TensorRT needs symmetric int8"
+        )
+    exported.notes.update(info)
+    return exported
+
+
+def qdq_summary(proto: onnx.ModelProto) -> dict[str, Any]:
+    """Counts of Q/DQ nodes, their zero-point types, per-channel weight DQs and any non-zero zero points."""
+    from onnx import numpy_helper
+
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    consts = dict(inits)
+    for n in proto.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    consts[n.output[0]] = numpy_helper.to_array(a.t)
+    q = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    zp_types: set[str] = set()
+    asymmetric: list[str] = []
+    per_channel = 0
+    weight_dq = 0
+    for n in q + dq:
+        if len(n.input) > 2 and n.input[2] in consts:
+            zp = consts[n.input[2]]
+            zp_types.add(str(zp.dtype))
+            if np.any(zp != 0):
+                asymmetric.append(n.name)
+    for n in dq:
+        src = n.input[0]
+        if src in inits or (
+            src in producers
+            and producers[src].op_type == "QuantizeLinear"
+            and producers[src].input[0] in inits
+        ):
+            weight_dq += 1
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+            scale = consts.get(n.input[1])
+            if scale is not None and scale.size > 1 and axis == 0:
+                per_channel += 1
+    return {
+        "quantize_linear": len(q),
+        "dequantize_linear": len(dq),
+        "weight_dequantize_linear": weight_dq,
+        "per_channel_weights": per_channel,
+        "zero_point_types": sorted(zp_types),
+        "asymmetric": asymmetric,
+    }
+
+
+# ------------------------------------------------------------------------------------ calibration cache
+
+
+def write_calibration_cache(
+    path: str | os.PathLike[str],
+    ranges: dict[str, float],
+    version: str = "8502",
+    algorithm: str = DEFAULT_CALIBRATOR,
+) -> Path:
+    """Write a TensorRT calibration cache: a ``TRT-<version>-<algorithm>`` header, then one
+    ``tensor: <scale>`` line per tensor, the scale (``amax / 127``) as a big-endian float32 in 8 hex
+    digits."""
+    lines = [f"TRT-{cache_version(version)}-{algorithm}"]
+    for name, amax in ranges.items():
+        amax = float(abs(amax))
+        if not np.isfinite(amax):
+            raise TargetError(f"calibration range of {name!r} is not finite")
+        scale = max(amax, 1e-12) / 127.0
+        lines.append(f"{name}: {struct.pack('>f', scale).hex()}")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n", encoding="ascii")
+    return out
+
+
+def read_calibration_cache(path: str | os.PathLike[str]) -> tuple[str, dict[str, float]]:
+    """Parse a TensorRT calibration cache: ``(header, {tensor: scale})``."""
+    text = Path(path).read_text(encoding="ascii").splitlines()
+    if not text or not text[0].startswith("TRT-"):
+        raise TargetError(f"{path}: not a TensorRT calibration cache (no 'TRT-' header)")
+    scales: dict[str, float] = {}
+    for i, line in enumerate(text[1:], start=2):
+        if not line.strip():
+            continue
+        name, sep, value = line.rpartition(":")
+        value = value.strip()
+        if not sep or len(value) != 8:
+            raise TargetError(f"{path}: line {i} is not 'tensor: <8 hex digits>': {line!r}")
+        scales[name.strip()] = struct.unpack(">f", bytes.fromhex(value))[0]
+    return text[0], scales
+
+
+def calibration_ranges(
+    fp32_onnx: str | os.PathLike[str],
+    images: Any,
+    roles: Iterable[str] | None = None,
+    batch_size: int = 8,
+) -> dict[str, float]:
+    """``amax`` of every float tensor of the FP32 ONNX over ``images`` (ONNX Runtime's entropy calibrator),
+    optionally only of tensors produced or consumed by nodes of ``roles`` (plus the network input)."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    from anomopt.targets.ort_lowering import calibrate_tensors
+
+    data = calibrate_tensors(
+        fp32_onnx, images, CalibrationMethod.Entropy, op_types=None, batch_size=batch_size
+    )
+    keep: set[str] | None = None
+    if roles is not None:
+        wanted = set(roles)
+        proto = onnx.load(str(fp32_onnx))
+        keep = {INPUT_NAME}
+        for n in proto.graph.node:
+            if role_of_onnx_name(n.name) in wanted:
+                keep.update(t for t in list(n.input) + list(n.output) if t)
+    out: dict[str, float] = {}
+    for name, td in data.data.items():
+        if keep is not None and name not in keep:
+            continue
+        lo, hi = td.range_value
+        out[name] = float(max(abs(float(np.asarray(lo))), abs(float(np.asarray(hi)))))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- trtexec
+
+
+def trtexec_command(
+    onnx_file: str = "model.onnx",
+    engine_file: str = "model.engine",
+    precision: str = "int8",
+    *,
+    image_size: int = 256,
+    batch: int = 1,
+    calib_cache: str | None = None,
+    dla_core: int | None = None,
+    workspace_mib: int = 1024,
+    fp16_fallback: bool = False,
+    trtexec: str = "trtexec",
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The ``trtexec`` command that builds the engine.
+
+    ``precision`` int8 adds ``--int8`` (explicit Q/DQ, or implicit with ``calib_cache`` -> ``--calib=``);
+    fp16 adds ``--fp16``. ``dla_core`` adds ``--useDLACore=N --allowGPUFallback`` (and ``--fp16`` next to
+    ``--int8``: the DLA runs no FP32 layer). ``fp16_fallback`` lets non-int8 layers run in FP16.
+    """
+    if precision not in PRECISIONS:
+        raise TargetError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    cmd = [trtexec, f"--onnx={onnx_file}", f"--saveEngine={engine_file}"]
+    if precision == "int8":
+        cmd.append("--int8")
+        if calib_cache:
+            cmd.append(f"--calib={calib_cache}")
+        if fp16_fallback or dla_core is not None:
+            cmd.append("--fp16")
+    elif precision == "fp16":
+        cmd.append("--fp16")
+    elif calib_cache:
+        raise TargetError("a calibration cache only applies to int8 builds")
+    if dla_core is not None:
+        if int(dla_core) < 0:
+            raise TargetError(f"dla_core must be 0 or 1 on Jetson, not {dla_core}")
+        cmd += [f"--useDLACore={int(dla_core)}", "--allowGPUFallback"]
+    cmd.append(f"--memPoolSize=workspace:{int(workspace_mib)}")
+    cmd.append(f"--shapes={INPUT_NAME}:{int(batch)}x3x{int(image_size)}x{int(image_size)}")
+    cmd += list(extra)
+    return cmd
+
+
+def build_script(command: Sequence[str]) -> str:
+    """A ``build_engine.sh`` running ``command`` from the artifact folder (``TRTEXEC`` overrides the
+    binary)."""
+    args = " ".join(shlex.quote(a) for a in command[1:])
+    return (
+        "#!/usr/bin/env bash\n"
+        "# Build the TensorRT engine on the target device (Jetson): run from anywhere.\n"
+        "# JetPack installs trtexec in /usr/src/tensorrt/bin; set TRTEXEC=/path/to/trtexec to override.\n"
+        "set -euo pipefail\n"
+        'cd "$(dirname "$0")"\n'
+        'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"\n'
+        f'"$TRTEXEC" {args} "$@"\n'
+    )
+
+
+def write_build_script(folder: str | os.PathLike[str], command: Sequence[str]) -> Path:
+    """Write ``build_engine.sh`` (executable) into ``folder``."""
+    path = Path(folder) / "build_engine.sh"
+    path.write_text(build_script(command), encoding="utf-8")
+    path.chmod(0o755)
+    return path
+
+
+def _tensorrt_missing(command: Sequence[str]) -> TargetError:
+    return TargetError(
+        "TensorRT is not installed here (import tensorrt failed); build the engine on the Jetson "
+        "(JetPack ships TensorRT) from the artifact folder with:\n  "
+        + " ".join(shlex.quote(a) for a in command)
+    )
+
+
+def build_engine(
+    onnx_path: str | os.PathLike[str],
+    engine_path: str | os.PathLike[str],
+    precision: str = "int8",
+    *,
+    image_size: int = 256,
+    batch: int = 1,
+    calib_cache: str | os.PathLike[str] | None = None,
+    dla_core: int | None = None,
+    workspace_mib: int = 1024,
+    fp16_fallback: bool = False,
+) -> Path:
+    """Build a serialized engine with the TensorRT Python API (needs ``tensorrt`` and a GPU/DLA)."""
+    command = trtexec_command(
+        Path(onnx_path).name,
+        Path(engine_path).name,
+        precision,
+        image_size=image_size,
+        batch=batch,
+        calib_cache=Path(calib_cache).name if calib_cache else None,
+        dla_core=dla_core,
+        workspace_mib=workspace_mib,
+        fp16_fallback=fp16_fallback,
+    )
+    try:
+        import tensorrt as trt  # type: ignore[import-not-found]
+    except ImportError:
+        raise _tensorrt_missing(command) from None
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise TargetError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+        if fp16_fallback or dla_core is not None:
+            config.set_flag(trt.BuilderFlag.FP16)
+        if calib_cache is not None:
+            config.int8_calibrator = _cache_calibrator(trt, Path(calib_cache))
+    elif precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    if dla_core is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = int(dla_core)
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    profile = builder.create_optimization_profile()
+    shape = (int(batch), 3, int(image_size), int(image_size))
+    profile.set_shape(INPUT_NAME, shape, shape, shape)
+    config.add_optimization_profile(profile)
+    if calib_cache is not None and precision == "int8":
+        config.set_calibration_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise TargetError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
+    out = Path(engine_path)
+    out.write_bytes(bytes(serialized))
+    return out
+
+
+def _cache_calibrator(trt: Any, cache: Path) -> Any:
+    """An IInt8EntropyCalibrator2 that only replays ``cache`` (no calibration batches on the device)."""
+
+    class CacheCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+
+        def get_batch_size(self) -> int:
+            return 1
+
+        def get_batch(self, names: list[str]) -> None:
+            return None
+
+        def read_calibration_cache(self) -> bytes:
+            return cache.read_bytes()
+
+        def write_calibration_cache(self, data: bytes) -> None:
+            return None
+
+    return CacheCalibrator()
+
+
+# --------------------------------------------------------------------------------------- torch-tensorrt
+
+
+def lower_torch_tensorrt(
+    graph: Any, precision: str = "fp16", image_size: int | None = None, batch: int = 1
+) -> Any:
+    """Compile the graph's torch model with ``torch_tensorrt`` (on a CUDA device); returns the module.
+
+    INT8 goes through the QDQ ONNX path instead: torch-tensorrt's INT8 needs NVIDIA ModelOpt quantizers.
+    """
+    try:
+        import torch_tensorrt  # type: ignore[import-not-found]
+    except ImportError:
+        raise TargetError(
+            "backend='torch_tensorrt' needs the torch_tensorrt package (not installed here); use the default "
+            "ONNX + trtexec path, or install torch-tensorrt matching your torch and TensorRT on the device"
+        ) from None
+    import torch
+
+    if precision not in ("fp32", "fp16"):
+        raise TargetError(
+            "backend='torch_tensorrt' lowers FP32 and FP16; for INT8 use the QDQ ONNX (explicit quantization)"
+        )
+    if not torch.cuda.is_available():
+        raise TargetError("torch_tensorrt needs a CUDA device; none is visible")
+    model = graph.model if hasattr(graph, "model") else graph
+    size = int(image_size or model.config.image_size)
+    dtypes = {torch.float32} | ({torch.float16} if precision == "fp16" else set())
+    try:
+        return torch_tensorrt.compile(
+            model.eval().cuda(),
+            inputs=[torch_tensorrt.Input((batch, 3, size, size), dtype=torch.float32)],
+            enabled_precisions=dtypes,
+        )
+    except Exception as err:
+        raise TargetError(f"torch_tensorrt.compile failed: {type(err).__name__}: {str(err)[:300]}") from err

@@ -1,0 +1,226 @@
+"""Training of the unified (or one-class) distillation models.
+
+Fast on CPUs: the frozen teacher's features are computed once and cached when no augmentation is used,
+the student runs under bf16 autocast where the CPU supports it, and the whole training set sits in memory
+so the data pipeline is off the critical path. Checkpoints are written atomically every epoch and
+``resume=True`` continues from the last complete one. Multi-process training uses torch DDP (gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from anomopt.checkpoint import read_checkpoint, save_checkpoint
+from anomopt.errors import CheckpointError, ConfigError, DataError
+from anomopt.inference import predict_dataset, stack_images, torch_scorer
+from anomopt.models import KDModel
+from anomopt.normalization import fit_normalization
+
+
+@dataclass
+class TrainConfig:
+    """Training options (all have sensible CPU defaults)."""
+
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    optimizer: str = "adam"  # adam | sgd
+    seed: int = 0
+    precision: str = "auto"  # auto | bf16 | fp32
+    cache_features: bool = True
+    checkpoint: str | None = None
+    resume: bool = False
+    progress: bool = True
+    device: str = "cpu"
+
+
+@dataclass
+class TrainResult:
+    """What training measured."""
+
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    epochs_run: int = 0
+    normalization: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch and numpy; CPU training is then bit-for-bit repeatable."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU has fast bf16 (AVX-512 BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: str) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` (None = full FP32)."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"precision must be auto, bf16 or fp32, not {precision!r}")
+    if precision == "fp32":
+        return None
+    if precision == "bf16" or (device == "cpu" and bf16_supported()) or device.startswith("cuda"):
+        return torch.bfloat16
+    return None
+
+
+class _LossModule(nn.Module):
+    """Wraps a model's distillation loss as a forward, so DDP can own the backward all-reduce."""
+
+    def __init__(self, model: KDModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, targets: list[torch.Tensor] | None) -> torch.Tensor:
+        return self.model.distillation_loss(images, targets)
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _cache_targets(model: KDModel, images: torch.Tensor, batch: int, dtype, progress: bool) -> list[torch.Tensor]:
+    """Frozen-teacher outputs for every training image, stored in bf16 to halve memory."""
+    chunks: list[list[torch.Tensor]] = []
+    for i in tqdm(range(0, len(images), batch), desc="cache teacher", disable=not progress, leave=False):
+        x = images[i : i + batch].float() / 255.0
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            feats = model.frozen_targets(x)
+        chunks.append([f.to(torch.bfloat16) for f in feats])
+    return [torch.cat([c[k] for c in chunks]) for k in range(len(chunks[0]))]
+
+
+def train_model(
+    model: KDModel,
+    train_set: Dataset,
+    config: TrainConfig,
+    val_set: Dataset | None = None,
+    categories: list[str] | None = None,
+) -> TrainResult:
+    """Train ``model``'s student(s) with the distillation loss; fit per-category normalization on ``val_set``."""
+    rank, world = _world()
+    n = len(train_set)  # type: ignore[arg-type]
+    if n == 0:
+        raise DataError("the training split is empty: nothing to train on")
+    if config.batch_size < world:
+        raise ConfigError(f"batch size {config.batch_size} is smaller than the {world} processes")
+    dtype = resolve_precision(config.precision, config.device)
+    show = config.progress and rank == 0
+    categories = categories or sorted(set(getattr(train_set, "categories", []) or ["default"]))
+
+    images = (stack_images(train_set) * 255.0).round().to(torch.uint8)  # in memory, off the critical path
+    params = model.trainable_parameters()
+    if config.optimizer not in ("adam", "sgd"):
+        raise ConfigError(f"optimizer must be adam or sgd, not {config.optimizer!r}")
+    if config.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    start_epoch, result = 0, TrainResult()
+    ckpt = Path(config.checkpoint) if config.checkpoint else None
+    if config.resume:
+        if ckpt is None or not ckpt.is_file():
+            raise CheckpointError(f"--resume: no checkpoint at {ckpt} to resume from")
+        payload = read_checkpoint(ckpt)
+        if payload["config"] != model.config.to_dict():
+            raise CheckpointError(f"{ckpt}: checkpoint was trained with another model config; cannot resume")
+        model.load_state_dict(payload["state_dict"])
+        state = payload["training"]
+        if state.get("optimizer"):
+            optimizer.load_state_dict(state["optimizer"])
+        start_epoch = int(state.get("epoch", 0))
+        result.losses = list(state.get("losses", []))
+
+    targets = None
+    if config.cache_features:
+        model.eval()
+        targets = _cache_targets(model, images, 16, dtype, show)
+
+    model.to(memory_format=torch.channels_last)  # faster depthwise/BN kernels on CPU
+    if targets is not None:
+        targets = [t.contiguous(memory_format=torch.channels_last) for t in targets]
+    runner: nn.Module = _LossModule(model)
+    if world > 1:
+        runner = nn.parallel.DistributedDataParallel(runner, find_unused_parameters=False)
+    steps = math.ceil(n / config.batch_size)
+    t0 = time.perf_counter()
+    seen = 0
+    bar = tqdm(total=(config.epochs - start_epoch) * steps, desc=f"train {model.config.model}", disable=not show)
+    for epoch in range(start_epoch, config.epochs):
+        model.set_epoch(epoch, config.epochs)
+        model.train()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+        epoch_loss = 0.0
+        for step in range(steps):
+            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+            idx = idx[rank::world]  # each process takes its shard of the same global batch
+            x = (images[idx].float() / 255.0).contiguous(memory_format=torch.channels_last)
+            tg = [t[idx].float() for t in targets] if targets is not None else None
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                loss = runner(x, tg)
+            optimizer.zero_grad(set_to_none=True)
+            loss.float().backward()
+            optimizer.step()
+            if not torch.isfinite(loss):
+                raise ConfigError(f"training diverged at epoch {epoch + 1} (loss {float(loss)}); lower --lr")
+            epoch_loss += float(loss.detach())
+            seen += len(idx) * world
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.4f}")
+        result.losses.append(epoch_loss / steps)
+        result.epochs_run += 1
+        if ckpt is not None and rank == 0:
+            save_checkpoint(
+                ckpt,
+                model,
+                categories,
+                training={"epoch": epoch + 1, "optimizer": optimizer.state_dict(), "losses": result.losses},
+            )
+    bar.close()
+    model.set_epoch(config.epochs, config.epochs)
+    model.to(memory_format=torch.contiguous_format)
+    result.seconds = time.perf_counter() - t0
+    result.images_per_second = seen / max(result.seconds, 1e-9)
+    model.eval()
+    if val_set is not None and len(val_set) > 0:  # type: ignore[arg-type]
+        preds = predict_dataset(torch_scorer(model), val_set, batch_size=config.batch_size)
+        result.normalization = fit_normalization(preds.categories, preds.scores, preds.maps)
+    if ckpt is not None and rank == 0:
+        save_checkpoint(
+            ckpt,
+            model,
+            categories,
+            normalization=result.normalization,
+            training={"epoch": config.epochs, "optimizer": optimizer.state_dict(), "losses": result.losses,
+                      "complete": True},
+        )
+    return result
+
+
+def init_distributed_from_env() -> bool:
+    """Join a torchrun process group (gloo on CPU) when launched by torchrun; returns whether joined."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    dist.init_process_group(backend="gloo")
+    return True
