@@ -42,6 +42,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from anomopt.api import optimize
+from anomopt.checkpoint import load_checkpoint, read_checkpoint
 from anomopt.data import generate_synthetic, load_mvtec
 from anomopt.graph import capture
 from anomopt.inference import predict_dataset, stack_images
@@ -69,10 +70,12 @@ class Row:
     macs: int
     student_macs: int
     artifact_mb: float
-    latency_ms: float
+    latency_ms: float  # median, measured interleaved with every other artifact at the end
+    latency_min_ms: float
     image_auroc: float
     pixel_auroc: float
     prune_seconds: float
+    artifact: str
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,7 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-train-per-category", type=int, default=200)
     p.add_argument("--max-test-per-category", type=int, default=150)
     p.add_argument("--calib-images", type=int, default=64)
-    p.add_argument("--latency-runs", type=int, default=50)
+    p.add_argument("--latency-runs", type=int, default=60, help="timed runs per artifact, in rounds")
+    p.add_argument("--latency-rounds", type=int, default=6,
+                   help="rounds over all artifacts (interleaving evens out the machine's load)")
     p.add_argument("--ort-threads", type=int, default=2)
     p.add_argument("--torch-threads", type=int, default=0, help="0: torch's default")
     scratch = os.path.join(tempfile.gettempdir(), "anomopt-bench")
@@ -100,12 +105,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plot", default=str(HERE / "pruning.png"))
     p.add_argument("--quick", action="store_true", help="smoke run: 128 px, 1 epoch, 2 ratios, few images")
     p.add_argument("--no-append", action="store_true", help="print the table, do not touch RESULTS.md")
+    p.add_argument("--checkpoint-dir", default=None, help="cache of trained models (default: work dir)")
+    p.add_argument("--remeasure", action="store_true",
+                   help="only re-measure the latency of the artifacts in the work dir's rows.json and report")
     args = p.parse_args(argv)
     if args.quick:
         args.image_size, args.epochs, args.finetune_epochs = 128, 1, 1
         args.ratios = "0,0.5"
         args.max_train_per_category, args.max_test_per_category = 12, 8
-        args.calib_images, args.latency_runs = 16, 10
+        args.calib_images, args.latency_runs, args.latency_rounds = 16, 10, 2
     return args
 
 
@@ -168,17 +176,26 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def latency_ms(sess: ort.InferenceSession, size: int, runs: int) -> float:
-    """Median wall time of one batch-1 inference."""
-    x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
-    for _ in range(max(3, runs // 10)):
-        sess.run(None, {INPUT_NAME: x})
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, {INPUT_NAME: x})
-        times.append(time.perf_counter() - t0)
-    return 1000.0 * statistics.median(times)
+def measure_latencies(rows: list[Row], args: argparse.Namespace) -> None:
+    """Batch-1 latency of every row's artifact, in rounds over all artifacts in a shuffled order, so a
+    change in the machine's load hits all of them alike; sets the median and the minimum (ms)."""
+    sessions = {r.artifact: session(Path(r.artifact), args.ort_threads) for r in rows}
+    x = np.random.default_rng(0).random((1, 3, args.image_size, args.image_size), dtype=np.float32)
+    times: dict[str, list[float]] = {path: [] for path in sessions}
+    per_round = max(1, args.latency_runs // max(1, args.latency_rounds))
+    rng = np.random.default_rng(0)
+    for _ in range(max(1, args.latency_rounds)):
+        for path in rng.permutation(list(sessions)):
+            sess = sessions[str(path)]
+            for _ in range(2):  # warm-up
+                sess.run(None, {INPUT_NAME: x})
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                sess.run(None, {INPUT_NAME: x})
+                times[str(path)].append(1000.0 * (time.perf_counter() - t0))
+    for r in rows:
+        r.latency_ms = statistics.median(times[r.artifact])
+        r.latency_min_ms = min(times[r.artifact])
 
 
 def aurocs(sess: ort.InferenceSession, test: Dataset) -> tuple[float, float]:
@@ -232,11 +249,33 @@ def measure(dataset: str, name: str, ratio: float, precision: str, graph: Any, p
         macs=conv_macs(graph),
         student_macs=conv_macs(graph, "student"),
         artifact_mb=path.stat().st_size / 2**20,
-        latency_ms=latency_ms(sess, args.image_size, args.latency_runs),
+        latency_ms=float("nan"),
+        latency_min_ms=float("nan"),
         image_auroc=img,
         pixel_auroc=pix,
         prune_seconds=prune_seconds,
+        artifact=str(path),
     )
+
+
+def trained_model(dataset: str, name: str, train: Dataset, val: Dataset, args: argparse.Namespace) -> Any:
+    """Train the unified model, or load it from the checkpoint cache when an identical run finished."""
+    folder = Path(args.checkpoint_dir or Path(args.work_dir) / "checkpoints")
+    folder.mkdir(parents=True, exist_ok=True)
+    limit = args.max_train_per_category
+    path = folder / f"{dataset}-{name}-{args.image_size}px-{args.epochs}ep-{limit}pc.pt"
+    if path.is_file() and read_checkpoint(path).get("training", {}).get("complete"):
+        model, _ = load_checkpoint(path, expect_model=name)
+        print(f"[{dataset}] {name}: loaded {path}", flush=True)
+        return model.eval()
+    torch.manual_seed(0)
+    model = build_model(name, image_size=args.image_size)
+    config = TrainConfig(epochs=args.epochs, progress=False, checkpoint=str(path), resume=path.is_file())
+    t0 = time.perf_counter()
+    result = train_model(model, train, config, val_set=val)
+    print(f"[{dataset}] {name}: trained {args.epochs} epochs in {time.perf_counter() - t0:.0f}s, "
+          f"last loss {result.losses[-1]:.4f}", flush=True)
+    return model.eval()
 
 
 def run_dataset(dataset: str, args: argparse.Namespace, rows: list[Row]) -> str:
@@ -247,12 +286,7 @@ def run_dataset(dataset: str, args: argparse.Namespace, rows: list[Row]) -> str:
     calib = train_images[torch.randperm(len(train_images), generator=torch.Generator().manual_seed(0))]
     calib = calib[: args.calib_images]
     for name in args.models.split(","):
-        torch.manual_seed(0)
-        model = build_model(name, image_size=args.image_size)
-        t0 = time.perf_counter()
-        result = train_model(model, train, TrainConfig(epochs=args.epochs, progress=False), val_set=val)
-        print(f"[{dataset}] {name}: trained {args.epochs} epochs in {time.perf_counter() - t0:.0f}s, "
-              f"last loss {result.losses[-1]:.4f}", flush=True)
+        model = trained_model(dataset, name, train, val, args)
         ratios = [float(r) for r in args.ratios.split(",")]
         for ratio in ([-1.0] if args.baseline else []) + ratios:
             work = Path(args.work_dir) / dataset / name / f"r{ratio:g}"
@@ -272,7 +306,7 @@ def run_dataset(dataset: str, args: argparse.Namespace, rows: list[Row]) -> str:
             rows.append(measure(dataset, name, ratio, "INT8", int8_graph, int8_path, test, args, seconds))
             for r in rows[-2:]:
                 print(f"[{dataset}] {name} ratio {ratio:g} {r.precision}: {r.student_params / 1e6:.3f}M "
-                      f"student params, {r.latency_ms:.1f} ms, image AUROC {r.image_auroc:.3f}, pixel AUROC "
+                      f"student params, {r.artifact_mb:.2f} MB, image AUROC {r.image_auroc:.3f}, pixel AUROC "
                       f"{r.pixel_auroc:.3f} (channels kept {notes.get('channels_kept')})", flush=True)
     return root
 
@@ -283,13 +317,14 @@ def _ratio(ratio: float) -> str:
 
 def table(rows: list[Row]) -> str:
     head = ("| data | model | prune ratio | precision | params (M) | student params (M) | MACs (G) | "
-            "student MACs (G) | ONNX (MB) | ORT latency (ms) | image AUROC | pixel AUROC |")
+            "student MACs (G) | ONNX (MB) | ORT latency median / min (ms) | image AUROC | pixel AUROC |")
     lines = [head, "|" + "---|" * 12]
     for r in rows:
         lines.append(
             f"| {r.dataset} | {r.model} | {_ratio(r.ratio)} | {r.precision} | {r.params / 1e6:.3f} | "
             f"{r.student_params / 1e6:.3f} | {r.macs / 1e9:.3f} | {r.student_macs / 1e9:.3f} | "
-            f"{r.artifact_mb:.2f} | {r.latency_ms:.1f} | {r.image_auroc:.3f} | {r.pixel_auroc:.3f} |"
+            f"{r.artifact_mb:.2f} | {r.latency_ms:.1f} / {r.latency_min_ms:.1f} | {r.image_auroc:.3f} | "
+            f"{r.pixel_auroc:.3f} |"
         )
     return "\n".join(lines)
 
@@ -342,8 +377,11 @@ def append_results(
         f"- prune: Taylor importance on the distillation loss, round_to {args.round_to}, "
         f"{args.finetune_epochs} fine-tune epochs; INT8 = cpu-int8 (percentile 99.99) on the pruned model; "
         f"ratio 0 only cuts the dead backbone blocks (exact); ratio 'none' = no prune pass at all",
-        f"- latency: ONNX Runtime CPU, batch 1, {args.ort_threads} intra-op threads, median of "
-        f"{args.latency_runs} runs; AUROC: mean over categories, from the ONNX artifact's outputs",
+        f"- latency: ONNX Runtime CPU, batch 1, {args.ort_threads} intra-op threads, median and minimum of "
+        f"{args.latency_runs} runs per artifact, taken in {args.latency_rounds} rounds over all artifacts in "
+        f"shuffled order; AUROC: mean over categories, from the ONNX artifact's outputs",
+        "- MACs count the convs that run in torch; ONNX export drops dead nodes, so ratio 'none' and 0 "
+        "give the same ONNX artifact",
         f"- wall time: {seconds / 60:.1f} min\n",
         table(rows),
         f"\n![accuracy vs latency]({plot_rel})\n",
@@ -358,21 +396,30 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.torch_threads)
     started = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     t0 = time.perf_counter()
+    rows_file = Path(args.work_dir) / "rows.json"
     rows: list[Row] = []
     roots = []
-    for dataset in args.datasets.split(","):
-        try:
-            roots.append(run_dataset(dataset, args, rows))
-        except FileNotFoundError as err:
-            print(f"[{dataset}] skipped: {err}", flush=True)
+    if args.remeasure:
+        saved = json.loads(rows_file.read_text(encoding="utf-8"))
+        rows = [Row(**r) for r in saved["rows"]]
+        roots = saved["roots"]
+    else:
+        for dataset in args.datasets.split(","):
+            try:
+                roots.append(run_dataset(dataset, args, rows))
+            except FileNotFoundError as err:
+                print(f"[{dataset}] skipped: {err}", flush=True)
+            rows_file.write_text(json.dumps({"rows": [asdict(r) for r in rows], "roots": roots}, indent=1),
+                                 encoding="utf-8")
     if not rows:
         print("nothing measured")
         return 1
+    print(f"measuring latency of {len(rows)} artifacts in {args.latency_rounds} rounds", flush=True)
+    measure_latencies(rows, args)
+    rows_file.write_text(json.dumps({"rows": [asdict(r) for r in rows], "roots": roots}, indent=1),
+                         encoding="utf-8")
     print(table(rows))
     plot(rows, Path(args.plot))
-    (Path(args.work_dir) / "rows.json").write_text(
-        json.dumps([asdict(r) for r in rows], indent=1), encoding="utf-8"
-    )
     if not args.no_append:
         append_results(args, rows, roots, started, time.perf_counter() - t0)
     return 0

@@ -41,8 +41,12 @@ def _one_thread():
 
 def _images(n: int = 8, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
-    return torch.cat([torch.rand(n // 2, 3, SIZE, SIZE, generator=gen),
-                      (0.5 + 0.2 * torch.randn(n - n // 2, 3, SIZE, SIZE, generator=gen)).clamp(0, 1)])
+    return torch.cat(
+        [
+            torch.rand(n // 2, 3, SIZE, SIZE, generator=gen),
+            (0.5 + 0.2 * torch.randn(n - n // 2, 3, SIZE, SIZE, generator=gen)).clamp(0, 1),
+        ]
+    )
 
 
 def _onnx_student_convs(exported) -> int:
@@ -61,6 +65,19 @@ def ptq_graphs():
         model = build_model(name, image_size=SIZE)
         out[name] = optimize(model, "cpu", 8, calib=calib, passes=PTQ, calib_samples=16, progress=False).graph
     return out, calib
+
+
+@pytest.fixture(scope="module")
+def lowered(ptq_graphs, tmp_path_factory):
+    """Each PTQ graph exported to FP32 ONNX and quantized to ORT INT8 once: name -> (export, path, notes)."""
+    graphs, calib = ptq_graphs
+    out = {}
+    for name, graph in graphs.items():
+        folder = tmp_path_factory.mktemp(name)
+        exported = export_onnx(graph, folder / "fp32.onnx")
+        notes = quantize_ort_int8(exported.path, folder / "int8.onnx", graph, exported.conv_map, calib)
+        out[name] = (exported, folder / "int8.onnx", notes)
+    return out
 
 
 @pytest.mark.parametrize("name", ["stfpm", "rd", "us"])
@@ -92,12 +109,19 @@ def test_export_graph_is_clean_and_maps_convs(ptq_graphs, tmp_path):
     proto = onnx.load(str(exported.path))
     ops = [n.op_type for n in proto.graph.node]
     assert "QuantizeLinear" not in ops  # quantizers switched off for the FP32 export ...
-    assert all(q.enabled for q in [graph.module(n).input_quantizer for n in graph.meta["quantized_layers"]])  # ... and back on
+    assert all(
+        q.enabled for q in [graph.module(n).input_quantizer for n in graph.meta["quantized_layers"]]
+    )  # ... and back on
     assert exported.notes["separable_convs"] == 1  # the head's Gaussian blur
     producers = {o: n for n in proto.graph.node for o in n.output}
     conv_inputs = [producers.get(n.input[0]) for n in proto.graph.node if n.op_type == "Conv"]
-    zero_pads = [p for p in conv_inputs if p is not None and p.op_type == "Pad"
-                 and all(a.s in (b"", b"constant") for a in p.attribute if a.name == "mode")]
+    zero_pads = [
+        p
+        for p in conv_inputs
+        if p is not None
+        and p.op_type == "Pad"
+        and all(a.s in (b"", b"constant") for a in p.attribute if a.name == "mode")
+    ]
     assert not zero_pads  # "same" zero padding fused into the convs (the head's reflect pad stays)
     onnx_convs = [n.name for n in proto.graph.node if n.op_type == "Conv" and not n.name.startswith("/head/")]
     assert set(onnx_convs) == set(exported.conv_map)  # every model conv found, by scope name + weight shape
@@ -107,55 +131,53 @@ def test_export_graph_is_clean_and_maps_convs(ptq_graphs, tmp_path):
 
 
 def test_scope_names_to_module_names():
-    assert _module_name_from_scope("/student/bottleneck/down1/down1.0/down1.0.0/Conv") == "student.bottleneck.down1.0.0"
-    assert (_module_name_from_scope("/teacher/features/blocks.1/blocks.1.0/conv_dw/Conv")
-            == "teacher.features.blocks.1.0.conv_dw")
+    assert (
+        _module_name_from_scope("/student/bottleneck/down1/down1.0/down1.0.0/Conv")
+        == "student.bottleneck.down1.0.0"
+    )
+    assert (
+        _module_name_from_scope("/teacher/features/blocks.1/blocks.1.0/conv_dw/Conv")
+        == "teacher.features.blocks.1.0.conv_dw"
+    )
     assert _module_name_from_scope("/student/members.2/members.2.4/Conv") == "student.members.2.4"
     assert _module_name_from_scope("Conv_12") is None
 
 
 @pytest.mark.parametrize("name", ["stfpm", "rd", "us"])
-def test_int8_matches_torch_fake_quant(ptq_graphs, name, tmp_path):
-    graphs, calib = ptq_graphs
+def test_int8_matches_torch_fake_quant(ptq_graphs, lowered, name):
+    graphs, _ = ptq_graphs
     graph = graphs[name]
-    exported = export_onnx(graph, tmp_path / "fp32.onnx")
-    notes = quantize_ort_int8(exported.path, tmp_path / "int8.onnx", graph, exported.conv_map, calib)
+    exported, int8_path, notes = lowered[name]
     assert notes["override_conflicts"] == []
     assert notes["convs_quantized"] == _onnx_student_convs(exported)
     x = _images(8, seed=3)
     with torch.no_grad():
         fq_s, fq_m = graph.model(x)
-    sess = ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
     s, m = sess.run(None, {"images": x.numpy()})
     assert relative_l2(s, fq_s.numpy()) < INT8_PARITY_TOL
     assert relative_l2(m, fq_m.numpy()) < INT8_PARITY_TOL
     assert np.corrcoef(s, fq_s.numpy())[0, 1] > 0.9
 
 
-def test_int8_student_convs_run_as_integer_kernels(ptq_graphs, tmp_path):
-    graphs, calib = ptq_graphs
-    for name, min_fraction in (("stfpm", 1.0), ("rd", 0.75), ("us", 1.0)):
-        graph = graphs[name]
-        exported = export_onnx(graph, tmp_path / f"{name}_fp32.onnx")
-        quantize_ort_int8(exported.path, tmp_path / f"{name}_int8.onnx", graph, exported.conv_map, calib)
-        counts = integer_kernel_counts(tmp_path / f"{name}_int8.onnx")
-        student = counts["by_role"]["student"]
-        n_student = student["integer"] + student["float"]
-        assert n_student == _onnx_student_convs(exported)
-        # RD's three output 1x1 convs feed only the float distance, so they keep a float output (as in torch)
-        assert student["integer"] >= min_fraction * n_student, (name, counts)
-        assert counts["by_role"]["teacher"]["integer"] == 0, (name, counts)  # scope="student": teacher stays FP32
-        assert counts["by_role"].get("head", {"integer": 0})["integer"] == 0
+@pytest.mark.parametrize(("name", "min_fraction"), [("stfpm", 1.0), ("rd", 0.75), ("us", 1.0)])
+def test_int8_student_convs_run_as_integer_kernels(lowered, name, min_fraction):
+    exported, int8_path, _ = lowered[name]
+    counts = integer_kernel_counts(int8_path)
+    student = counts["by_role"]["student"]
+    n_student = student["integer"] + student["float"]
+    assert n_student == _onnx_student_convs(exported)
+    # RD's three output 1x1 convs feed only the float distance, so they keep a float output (as in torch)
+    assert student["integer"] >= min_fraction * n_student, counts
+    assert counts["by_role"]["teacher"]["integer"] == 0, counts  # scope="student": the teacher stays FP32
+    assert counts["by_role"].get("head", {"integer": 0})["integer"] == 0
 
 
-def test_student_weights_shrink_to_a_quarter(ptq_graphs, tmp_path):
-    graphs, calib = ptq_graphs
-    graph = graphs["stfpm"]
-    exported = export_onnx(graph, tmp_path / "fp32.onnx")
-    notes = quantize_ort_int8(exported.path, tmp_path / "int8.onnx", graph, exported.conv_map, calib)
+def test_student_weights_shrink_to_a_quarter(lowered):
+    exported, int8_path, notes = lowered["stfpm"]
     assert notes["zero_points_dropped"] > 0 and notes["bias_scales_derived"] == notes["convs_quantized"]
     fp32 = initializer_bytes_by_role(onnx.load(str(exported.path)))
-    int8 = initializer_bytes_by_role(onnx.load(str(tmp_path / "int8.onnx")))
+    int8 = initializer_bytes_by_role(onnx.load(str(int8_path)))
     # Conv weights alone are exactly 1/4; each output channel adds a float32 weight scale and an int32 bias
     # (8 bytes). STFPM's EfficientNet-Lite0 student has 8080 output channels, most of them depthwise with
     # 9 weights each: measured 27.05% of the FP32 student.
@@ -166,8 +188,15 @@ def test_student_weights_shrink_to_a_quarter(ptq_graphs, tmp_path):
 def test_kept_fp_layer_stays_float(tmp_path):
     torch.manual_seed(0)
     calib = _images(16, seed=1)
-    om = optimize(build_model("stfpm", image_size=SIZE), "cpu", 8, calib=calib, passes=PTQ, calib_samples=8,
-                  progress=False)
+    om = optimize(
+        build_model("stfpm", image_size=SIZE),
+        "cpu",
+        8,
+        calib=calib,
+        passes=PTQ,
+        calib_samples=8,
+        progress=False,
+    )
     graph = om.graph
     keep = graph.meta["quantized_layers"][0]
     set_layer_quantized(graph, keep, False)
@@ -187,12 +216,15 @@ def test_calibration_method_mapping():
     assert CALIBRATION_METHODS["max"].name == "MinMax"
     assert CALIBRATION_METHODS["percentile"].name == "Percentile"
     assert CALIBRATION_METHODS["entropy"].name == "Entropy"
-    assert CALIBRATION_METHODS["mse"].name == "MinMax"  # ORT has no MSE search; conv inputs keep anomopt's MSE ranges
+    assert (
+        CALIBRATION_METHODS["mse"].name == "MinMax"
+    )  # ORT has no MSE search; conv inputs keep anomopt's MSE ranges
 
 
 def test_fp32_pipeline_lowers_exactly(tmp_path):
-    om = optimize(build_model("rd", image_size=SIZE), "cpu", 32, calib_source="noise", workdir=tmp_path,
-                  progress=False)
+    om = optimize(
+        build_model("rd", image_size=SIZE), "cpu", 32, calib_source="noise", workdir=tmp_path, progress=False
+    )
     rec = om.passes_report.records[-1]
     assert rec.name == "lower" and rec.drift["map"] < 1e-4 and rec.drift["score"] < 1e-4
     x = _images(2)

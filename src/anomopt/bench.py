@@ -58,7 +58,17 @@ def latency_stats(times_ms: Sequence[float] | np.ndarray) -> dict[str, float]:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (``getrusage``; no psutil)."""
+    """Peak resident set size of this process so far, in MiB, without psutil.
+
+    Linux: ``VmHWM`` from ``/proc/self/status`` (``getrusage``'s ``ru_maxrss`` would carry over the parent's
+    RSS at fork time into a freshly exec'd worker). Elsewhere: ``getrusage``.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 
@@ -170,6 +180,7 @@ def measure_ort(
         "backend": "onnxruntime",
         "threads": threads,
         **latency_stats(lat),
+        "times_ms": [round(float(t), 4) for t in lat],
         "throughput_ips": float(batch * 1000.0 / np.median(tb)),
         "batch": batch,
         "peak_rss_mb": peak_rss_mb(),
@@ -200,6 +211,7 @@ def measure_torch(
         "backend": "torch-eager",
         "threads": threads,
         **latency_stats(lat),
+        "times_ms": [round(float(t), 4) for t in lat],
         "throughput_ips": float(batch * 1000.0 / np.median(tb)),
         "batch": batch,
         "peak_rss_mb": peak_rss_mb(),
@@ -242,6 +254,18 @@ def run_isolated(spec: dict[str, Any], timeout: float = 1800.0) -> dict[str, Any
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark worker failed ({spec['backend']}): {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def merge_rounds(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Combine repeated measurements of one backend: latency percentiles over all runs, the median
+    throughput, the largest peak RSS."""
+    times = [t for r in results for t in r["times_ms"]]
+    out = {k: v for k, v in results[0].items() if k != "times_ms"}
+    out.update(latency_stats(times))
+    out["throughput_ips"] = float(np.median([r["throughput_ips"] for r in results]))
+    out["peak_rss_mb"] = float(max(r["peak_rss_mb"] for r in results))
+    out["rounds"] = len(results)
+    return out
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:

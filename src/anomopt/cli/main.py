@@ -13,6 +13,11 @@ from anomopt.errors import AnomoptError
 # Each module defines ``register(subparsers)`` that adds its command(s) and sets ``func``.
 COMMAND_MODULES = [
     "anomopt.cli.data_cmd",
+    "anomopt.cli.train_cmd",
+    "anomopt.cli.optimize_cmd",
+    "anomopt.cli.export_cmd",
+    "anomopt.cli.predict_cmd",
+    "anomopt.cli.demo_cmd",
 ]
 
 

@@ -1,130 +1,331 @@
-"""Uninformed Students (Bergmann et al. 2020), dense and fully convolutional.
+"""Uninformed Students (Bergmann et al., CVPR 2020), dense and fully convolutional.
 
-- The US *teacher* is a compact patch-descriptor network, distilled from the frozen pretrained backbone
-  (it regresses the backbone's multi-scale features through a 1x1 projection).
-- Three *students* with the teacher's architecture regress the teacher's standardised descriptors.
-- Score = regression error of the ensemble mean + predictive variance across students.
+Built from the paper's description:
 
-Inference is one convolutional pass per network at stride 4: no per-pixel patch loop. The pretrained
-backbone is used only in training; the inference graph is the descriptor teacher plus the students.
-Training has two phases, as in the paper: the first ``teacher_fraction`` of the epochs distils the
-descriptor teacher from the backbone; then the teacher is frozen and the students regress its output.
+- For every patch size ``p`` a *descriptor teacher* maps each ``p x p`` patch to a descriptor. It is a
+  patch network: unpadded ("valid") convolutions, so a descriptor depends on its patch only. The image is
+  reflection-padded once in front of the network so the descriptors still cover the whole image, at
+  stride 4 (one convolutional pass, no per-pixel patch loop). The teacher is distilled from the frozen
+  pretrained backbone: a 1x1 projection of its descriptor regresses the backbone's standardised features at
+  the patch centre. The paper distils on ImageNet; here the teacher sees the training images plus
+  augmented ones (shuffled, recoloured and pasted patches), so that it maps unfamiliar patches to
+  backbone-like descriptors instead of extrapolating from normal ones.
+- The teacher's descriptors are standardised with their mean and standard deviation over the training set,
+  computed exactly in the first student epoch (kept as the statistics of an inference-mode BatchNorm).
+- An ensemble of students, independently initialised copies of the teacher's architecture, regress the
+  standardised descriptors on normal images only.
+- Per pixel and patch size: regression error ``e = ||mean_k s_k - t||^2`` and predictive variance
+  ``v = mean_c var_k s_k``, each standardised with its mean and standard deviation on training data (as the
+  paper does on validation data; measured during the last student epoch); the anomaly map sums ``e + v``
+  over the patch sizes.
+
+The pretrained backbone and the teacher's projection run only in training. Training has two phases: the
+first ``teacher_fraction`` of the epochs distils the teachers, then the teachers are frozen and the
+students regress them. ``set_epoch`` (called by the trainer) switches the phase.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from anomopt.models.backbones import feature_channels
 from anomopt.models.base import KDModel, MapHead, ModelConfig, freeze
-from anomopt.models.layers import conv_bn_relu
 from anomopt.models.teacher import Teacher
 
+STRIDE = 4
 
-def patch_net(descriptor: int = 128) -> nn.Sequential:
-    """A small stride-4 CNN (receptive field about 23 px) mapping an image to dense descriptors."""
+
+def _valid_conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequential:
+    """Unpadded conv (no bias) + BatchNorm + ReLU: the output depends on its receptive field only."""
     return nn.Sequential(
-        conv_bn_relu(3, 32, stride=2),
-        conv_bn_relu(32, 64, stride=2),
-        conv_bn_relu(64, 64),
-        conv_bn_relu(64, 128),
-        nn.Conv2d(128, descriptor, 1),
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=0, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
+def patch_net(patch: int, descriptor: int = 128, width: int = 64) -> nn.Sequential:
+    """A stride-4 patch network with receptive field ``patch`` (7 + 8n: 15, 23, 31, ...), no padding."""
+    if patch < 15 or (patch - 7) % 8:
+        raise ValueError(f"patch size must be 7 + 8n with n >= 1 (15, 23, 31, ...), not {patch}")
+    layers = [_valid_conv(3, width // 2, 3, stride=2), _valid_conv(width // 2, width, 3, stride=2)]
+    cin = width
+    for _ in range((patch - 7) // 8):
+        layers.append(_valid_conv(cin, 2 * width, 3))
+        cin = 2 * width
+    head = nn.Sequential(nn.Conv2d(cin, descriptor, 1), nn.BatchNorm2d(descriptor), nn.ReLU(inplace=True))
+    layers.append(head)
+    layers.append(nn.Conv2d(descriptor, descriptor, 1))
+    return nn.Sequential(*layers)
+
+
+def pad_for_patch(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """Reflection-pad an image so a stride-4 ``patch`` network gives ceil(H/4) x ceil(W/4) descriptors,
+    centred within half a pixel of the stride-4 grid's cells."""
+    lo, hi = (patch - 1) // 2 - 2, (patch - 1) // 2 + 1
+    return F.pad(x, (lo, hi, lo, hi), mode="reflect")
+
+
 class DescriptorTeacher(nn.Module):
-    """Patch-descriptor net whose output is standardised per channel (running statistics)."""
+    """One descriptor network per patch size; outputs standardised with training-set statistics."""
 
-    def __init__(self, descriptor: int, target_channels: int) -> None:
+    def __init__(self, patches: Sequence[int], descriptor: int, width: int, target_channels: int) -> None:
         super().__init__()
-        self.net = patch_net(descriptor)
-        self.standardize = nn.BatchNorm2d(descriptor, affine=False, momentum=0.05)
-        self.project = nn.Conv2d(descriptor, target_channels, 1)  # training only: regress the backbone
+        self.patches = tuple(patches)
+        self.nets = nn.ModuleList(patch_net(p, descriptor, width) for p in self.patches)
+        # Inference-mode BatchNorm without affine: (d - mean) / std, statistics set exactly by the model.
+        self.standardize = nn.ModuleList(nn.BatchNorm2d(descriptor, affine=False) for _ in self.patches)
+        # Training only: regresses the backbone's features from each descriptor.
+        self.project = nn.ModuleList(nn.Conv2d(descriptor, target_channels, 1) for _ in self.patches)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.standardize(self.net(x))
+    def raw(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [net(pad_for_patch(x, p)) for p, net in zip(self.patches, self.nets, strict=True)]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [std(d) for std, d in zip(self.standardize, self.raw(x), strict=True)]
 
 
 class Students(nn.Module):
-    """An ensemble of independently initialised students."""
+    """An ensemble of independently initialised students for one patch size."""
 
-    def __init__(self, count: int, descriptor: int) -> None:
+    def __init__(self, count: int, patch: int, descriptor: int, width: int) -> None:
         super().__init__()
-        self.members = nn.ModuleList(patch_net(descriptor) for _ in range(count))
+        self.patch = patch
+        self.members = nn.ModuleList(patch_net(patch, descriptor, width) for _ in range(count))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = pad_for_patch(x, self.patch)
         return torch.stack([m(x) for m in self.members], dim=0)  # (K, N, C, h, w)
 
 
+class StudentEnsembles(nn.Module):
+    """One student ensemble per patch size."""
+
+    def __init__(self, count: int, patches: Sequence[int], descriptor: int, width: int) -> None:
+        super().__init__()
+        self.scales = nn.ModuleList(Students(count, p, descriptor, width) for p in patches)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [s(x) for s in self.scales]
+
+
+class _Moments:
+    """Exact running sums for a mean and variance per channel (float64), all-reduced under DDP."""
+
+    def __init__(self) -> None:
+        self.n = 0.0
+        self.s: torch.Tensor | None = None
+        self.ss: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor, dims: tuple[int, ...]) -> None:
+        x = x.detach().double()
+        n = torch.tensor([float(x.numel() // x.shape[1])], dtype=torch.float64)  # values per channel
+        s, ss = x.sum(dim=dims), x.pow(2).sum(dim=dims)
+        if dist.is_available() and dist.is_initialized():
+            for t in (n, s, ss):
+                dist.all_reduce(t)
+        self.n += float(n)
+        self.s = s if self.s is None else self.s + s
+        self.ss = ss if self.ss is None else self.ss + ss
+
+    def mean_var(self) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.s is not None and self.ss is not None
+        mean = self.s / self.n
+        return mean, (self.ss / self.n - mean.pow(2)).clamp_min(0.0)
+
+
+def _augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Teacher-phase augmentation: unfamiliar patches (recoloured, shuffled, pasted) for the teacher only."""
+    n, _, h, w = x.shape
+    g = generator
+    out = x.clone()
+    # Per-image colour and contrast changes, and random flips.
+    gain = 0.6 + 0.8 * torch.rand(n, 3, 1, 1, generator=g)
+    bias = 0.3 * (torch.rand(n, 3, 1, 1, generator=g) - 0.5)
+    mix = torch.rand(n, 1, 1, 1, generator=g) < 0.5
+    out = torch.where(mix, (out * gain + bias).clamp(0, 1), out)
+    flip = torch.rand(n, generator=g) < 0.5
+    out[flip] = out[flip].flip(-1)
+    # Paste rectangles cut from other images (at other places), some of them inverted or grey.
+    for i in range(n):
+        for _ in range(int(torch.randint(0, 4, (1,), generator=g))):
+            ph = int(torch.randint(max(2, h // 16), max(3, h // 3), (1,), generator=g))
+            pw = int(torch.randint(max(2, w // 16), max(3, w // 3), (1,), generator=g))
+            src = int(torch.randint(0, n, (1,), generator=g))
+            sy, dy = (int(v) for v in torch.randint(0, h - ph + 1, (2,), generator=g))
+            sx, dx = (int(v) for v in torch.randint(0, w - pw + 1, (2,), generator=g))
+            patch = x[src, :, sy : sy + ph, sx : sx + pw]
+            kind = float(torch.rand(1, generator=g))
+            if kind < 0.2:
+                patch = 1.0 - patch
+            elif kind < 0.4:
+                patch = patch.mean(0, keepdim=True).expand_as(patch)
+            elif kind < 0.6:
+                patch = torch.rand(3, 1, 1, generator=g).expand_as(patch)
+            out[i, :, dy : dy + ph, dx : dx + pw] = patch
+    return out
+
+
 class UninformedStudents(KDModel):
-    """Uninformed Students with a dense descriptor teacher and a 3-student ensemble."""
+    """Uninformed Students: descriptor teachers per patch size and a 3-student ensemble for each."""
 
     def __init__(self, config: ModelConfig | None = None, pretrained: bool = True, weights=None) -> None:
         super().__init__()
         self.config = config or ModelConfig(model="us")
-        descriptor = int(self.config.extra.get("descriptor", 128))
-        n_students = int(self.config.extra.get("students", 3))
+        extra = self.config.extra
+        descriptor = int(extra.get("descriptor", 128))
+        width = int(extra.get("width", 64))
+        n_students = int(extra.get("students", 3))
+        patches = extra.get("patch_sizes", (23,))
+        self.patches = tuple(int(p) for p in ([patches] if isinstance(patches, int) else patches))
+        self.augment = bool(extra.get("teacher_augment", True))
         self.backbone = freeze(Teacher(self.config.backbone, pretrained, weights))
-        self.teacher = DescriptorTeacher(descriptor, sum(feature_channels(self.config.backbone)))
-        self.student = Students(n_students, descriptor)
+        targets = sum(feature_channels(self.config.backbone))
+        self.teacher = DescriptorTeacher(self.patches, descriptor, width, targets)
+        self.student = StudentEnsembles(n_students, self.patches, descriptor, width)
         self.head = MapHead(self.config.image_size, combine="sum", blur_sigma=self.config.blur_sigma)
-        self.teacher_fraction = float(self.config.extra.get("teacher_fraction", 0.5))
+        # Per patch size: mean and std of the regression error and of the predictive variance (training set).
+        norm = torch.tensor([[0.0, 1.0, 0.0, 1.0]]).repeat(len(self.patches), 1)
+        self.register_buffer("score_norm", norm)
+        self.teacher_fraction = float(extra.get("teacher_fraction", 0.5))
         self.phase = "students"  # a loaded (trained) model is past the teacher phase
+        self._scheduled = False  # set_epoch not called yet: the optimizer must cover both phases
+        self._collect_descriptors = False
+        self._collect_scores = False
+        self._desc_moments: list[_Moments] = []
+        self._score_moments: list[_Moments] = []
+        self._target_moments = _Moments()
+        self._step = 0
+
+    # ------------------------------------------------------------------------------------------ phases
 
     def set_epoch(self, epoch: int, total: int) -> None:
-        self.phase = "teacher" if epoch < max(1, round(self.teacher_fraction * total)) and total > 1 else "students"
+        teacher_epochs = max(1, round(self.teacher_fraction * total)) if total > 1 else 0
+        previous = self.phase if self._scheduled else None
+        self._scheduled = True
+        self._finish_collection()
+        self.phase = "teacher" if epoch < teacher_epochs else "students"
+        if self.phase == "teacher" and previous != "teacher":
+            self._target_moments = _Moments()
+        if epoch < total and self.phase == "students":
+            if epoch == teacher_epochs:  # first student epoch: measure the teacher's descriptor statistics
+                self._collect_descriptors = True
+                self._desc_moments = [_Moments() for _ in self.patches]
+            if epoch == total - 1:  # last student epoch: measure the statistics of error and variance
+                self._collect_scores = True
+                self._score_moments = [_Moments() for _ in self.patches]
+
+    def _finish_collection(self) -> None:
+        if self._collect_descriptors and all(m.n > 0 for m in self._desc_moments):
+            self._store_descriptor_stats()
+        if self._collect_scores and all(m.n > 0 for m in self._score_moments):
+            for i, m in enumerate(self._score_moments):
+                mean, var = m.mean_var()
+                self.score_norm[i] = torch.stack([mean[0], var[0].sqrt(), mean[1], var[1].sqrt()]).float()
+                self.score_norm[i, 1::2].clamp_(min=1e-8)
+        self._collect_descriptors = self._collect_scores = False
+
+    def _store_descriptor_stats(self) -> None:
+        for bn, m in zip(self.teacher.standardize, self._desc_moments, strict=True):
+            mean, var = m.mean_var()
+            bn.running_mean.copy_(mean.float())
+            bn.running_var.copy_(var.float().clamp_min(1e-6))
 
     def train(self, mode: bool = True) -> UninformedStudents:
         nn.Module.train(self, mode)
         self.backbone.eval()
         if self.phase == "students":
             self.teacher.eval()
+        for bn in self.teacher.standardize:
+            bn.eval()  # statistics are set exactly, never by running averages
         return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in list(self.teacher.parameters()) + list(self.student.parameters()) if p.requires_grad]
+        """What the current phase trains; before the first ``set_epoch`` both phases (the trainer builds its
+        optimizer once, before scheduling)."""
+        parts: list[nn.Module] = []
+        if not self._scheduled or self.phase == "teacher":
+            parts += [self.teacher.nets, self.teacher.project]
+        if not self._scheduled or self.phase == "students":
+            parts.append(self.student)
+        return [p for part in parts for p in part.parameters() if p.requires_grad]
 
     def student_parameters(self) -> list[nn.Parameter]:
         """What QAT fine-tunes: the students only."""
         return [p for p in self.student.parameters() if p.requires_grad]
 
+    # ---------------------------------------------------------------------------------------- features
+
     @torch.no_grad()
     def frozen_targets(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Backbone features resized to stride 4 and concatenated: the descriptor teacher's target."""
+        """Backbone features resized to stride 4 and concatenated: the descriptor teachers' target."""
         feats = self.backbone(x)
-        size = feats[0].shape[-2:]
+        size = (-(-x.shape[-2] // STRIDE), -(-x.shape[-1] // STRIDE))
         cat = torch.cat([F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats], 1)
         return [cat]
 
     def teacher_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [self.teacher(x)]
+        return self.teacher(x)
 
     def student_features(self, x: torch.Tensor, teacher_feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [self.student(x)]
+        return self.student(x)
+
+    def _error_variance(self, t: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        error = (s.mean(dim=0) - t).pow(2).sum(dim=1, keepdim=True)
+        variance = s.var(dim=0, unbiased=False).mean(dim=1, keepdim=True)
+        return error, variance
 
     def distances(self, t: list[torch.Tensor], s: list[torch.Tensor]) -> list[torch.Tensor]:
-        preds = s[0]
-        mean = preds.mean(dim=0)
-        error = (mean - t[0]).pow(2).mean(dim=1, keepdim=True)
-        variance = preds.var(dim=0, unbiased=False).mean(dim=1, keepdim=True)
-        return [error + variance]
+        maps = []
+        for i, (ti, si) in enumerate(zip(t, s, strict=True)):
+            error, variance = self._error_variance(ti, si)
+            norm = self.score_norm[i]
+            maps.append((error - norm[0]) / norm[1] + (variance - norm[2]) / norm[3])
+        return maps
 
     def loss_from_features(self, t: list[torch.Tensor], s: list[torch.Tensor]) -> torch.Tensor:
-        return (s[0] - t[0].detach().unsqueeze(0)).pow(2).mean()
+        return sum((si - ti.detach().unsqueeze(0)).pow(2).mean() for ti, si in zip(t, s, strict=True))  # type: ignore[return-value]
+
+    # ---------------------------------------------------------------------------------------- training
+
+    def _teacher_loss(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.augment:
+            with torch.no_grad():
+                g = torch.Generator().manual_seed(1000 + self._step)
+                x_aug = _augment(x.float(), g)
+                target = torch.cat([target, self.frozen_targets(x_aug)[0].to(target.dtype)])
+            x = torch.cat([x, x_aug.to(x.dtype)])
+        self._step += 1
+        target = target.float()
+        self._target_moments.add(target, (0, 2, 3))
+        mean, var = self._target_moments.mean_var()
+        target = (target - mean.float().view(1, -1, 1, 1)) / (var.float().sqrt().view(1, -1, 1, 1) + 1e-4)
+        loss = x.new_zeros(())
+        for raw, project in zip(self.teacher.raw(x), self.teacher.project, strict=True):
+            pred = project(raw)
+            loss = loss + (pred.float() - target).pow(2).mean()
+        return loss
 
     def distillation_loss(self, x: torch.Tensor, targets: list[torch.Tensor] | None = None) -> torch.Tensor:
         if targets is None:
             targets = self.frozen_targets(x)
         if self.phase == "teacher":
-            target = targets[0]
-            raw = self.teacher.net(x)
-            self.teacher.standardize(raw)  # tracks the descriptor statistics used after this phase
-            # Standardise the regression target per channel so every backbone scale weighs alike.
-            mean = target.mean(dim=(0, 2, 3), keepdim=True)
-            std = target.std(dim=(0, 2, 3), keepdim=True) + 1e-4
-            return (self.teacher.project(raw) - (target - mean) / std).pow(2).mean()
+            return self._teacher_loss(x, targets[0])
         with torch.no_grad():
+            if self._collect_descriptors and self.training:
+                for m, raw in zip(self._desc_moments, self.teacher.raw(x), strict=True):
+                    m.add(raw.float(), (0, 2, 3))
+                self._store_descriptor_stats()
             desc = self.teacher(x)
-        return self.loss_from_features([desc], self.student_features(x, [desc]))
+        preds = self.student_features(x, desc)
+        if self._collect_scores and self.training:
+            with torch.no_grad():
+                for m, ti, si in zip(self._score_moments, desc, preds, strict=True):
+                    error, variance = self._error_variance(ti.float(), si.detach().float())
+                    m.add(torch.cat([error, variance], 1), (0, 2, 3))
+        return self.loss_from_features(desc, preds)

@@ -10,7 +10,8 @@ measures the drift of the real artifact. TensorRT artifacts run in ONNX Runtime 
 stand-in (the QDQ ONNX computes the int8 math TensorRT runs; FP16 is not emulated) and the notes say so.
 
 Options: ``threads`` (runner), ``float_consumers`` (True), ``use_torch_ranges`` (True),
-``trt_quantization`` (explicit|implicit), ``dla_core``, ``workspace_mib`` (1024), ``fp16_fallback``.
+``trt_quantization`` (explicit|implicit), ``cache_bins`` (histogram bins of the implicit cache, 512),
+``dla_core``, ``workspace_mib`` (1024), ``fp16_fallback``.
 """
 
 from __future__ import annotations
@@ -116,7 +117,9 @@ def lower_graph(
                 if calib_images is None:
                     raise TargetError("TensorRT implicit INT8 needs calibration images for the cache")
                 roles = SCOPES.get(str((graph.meta.get("quant") or {}).get("scope", "student")), ("student",))
-                ranges = trt.calibration_ranges(out / MODEL_FILE, calib_images, roles=roles)
+                ranges = trt.calibration_ranges(
+                    out / MODEL_FILE, calib_images, roles=roles, num_bins=int(opts.get("cache_bins", 512))
+                )
                 trt.write_calibration_cache(
                     out / "calib.cache", ranges, version=trt.cache_version(target.trt_version)
                 )

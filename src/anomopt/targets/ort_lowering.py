@@ -169,6 +169,7 @@ def collect_ranges(
     symmetric: bool = False,
     num_bins: int = 2048,
     batch_size: int = 8,
+    floats_only: bool = False,
 ) -> dict[str, TensorData]:
     """Ranges of the named float tensors over ``images``, with ONNX Runtime's range math (its
     ``HistogramCollector`` for percentile / entropy / distribution, min and max otherwise).
@@ -180,10 +181,12 @@ def collect_ranges(
 
     arr = _as_numpy_images(images)
     wanted = [t for t in dict.fromkeys(tensors) if t]
-    if not wanted:
-        return {}
     proto = onnx.load(str(onnx_path))
     floats = _float_tensors(proto)
+    if floats_only:
+        wanted = [t for t in wanted if t in floats]
+    if not wanted:
+        return {}
     outputs = {o.name for o in proto.graph.output}
     inputs = {i.name for i in proto.graph.input}
     for name in wanted:
@@ -356,7 +359,8 @@ def compact_qdq_initializers(proto: onnx.ModelProto) -> dict[str, int]:
     - each conv's per-channel int32-bias scale, which ORT sets to ``input_scale * weight_scale``: a ``Mul``
       of the two stored scales computes it (ONNX Runtime folds it back into a constant at load time).
 
-    Saves 9 bytes per output channel, which matters for depthwise-heavy students (EfficientNet-Lite). In place.
+    Saves 9 bytes per output channel, which matters for depthwise-heavy students (EfficientNet-Lite).
+    Works in place.
     """
     from onnx import numpy_helper
 
@@ -388,7 +392,9 @@ def compact_qdq_initializers(proto: onnx.ModelProto) -> dict[str, int]:
         if derived.shape != value(b_scale).shape or not np.array_equal(derived, value(b_scale)):
             continue
         out = f"{conv.name}_bias_scale"
-        new_nodes.append(onnx.helper.make_node("Mul", [x_scale, w_scale], [out], name=f"{conv.name}_bias_scale"))
+        new_nodes.append(
+            onnx.helper.make_node("Mul", [x_scale, w_scale], [out], name=f"{conv.name}_bias_scale")
+        )
         dqs[2].input[1] = out  # type: ignore[union-attr]
         bias_scales += 1
     for i, node in enumerate(new_nodes):

@@ -184,33 +184,55 @@ def read_calibration_cache(path: str | os.PathLike[str]) -> tuple[str, dict[str,
     return text[0], scales
 
 
+def tensors_of_roles(proto: onnx.ModelProto, roles: Iterable[str]) -> set[str]:
+    """Tensors produced or consumed by nodes of ``roles`` (by scope name), plus the network input."""
+    wanted = set(roles)
+    keep = {INPUT_NAME}
+    for n in proto.graph.node:
+        if role_of_onnx_name(n.name) in wanted:
+            keep.update(t for t in list(n.input) + list(n.output) if t)
+    return keep
+
+
 def calibration_ranges(
     fp32_onnx: str | os.PathLike[str],
     images: Any,
     roles: Iterable[str] | None = None,
     batch_size: int = 8,
+    num_bins: int = 512,
 ) -> dict[str, float]:
-    """``amax`` of every float tensor of the FP32 ONNX over ``images`` (ONNX Runtime's entropy calibrator),
-    optionally only of tensors produced or consumed by nodes of ``roles`` (plus the network input)."""
+    """``amax`` of the float tensors of the FP32 ONNX over ``images`` with ONNX Runtime's entropy (KL)
+    calibration: every tensor (``create_calibrator``), or only those produced or consumed by nodes of
+    ``roles`` (plus the network input; same histogram math, fewer tensors tapped)."""
     from onnxruntime.quantization import CalibrationMethod
 
-    from anomopt.targets.ort_lowering import calibrate_tensors
+    from anomopt.targets.ort_lowering import calibrate_tensors, collect_ranges
 
-    data = calibrate_tensors(
-        fp32_onnx, images, CalibrationMethod.Entropy, op_types=None, batch_size=batch_size
-    )
-    keep: set[str] | None = None
-    if roles is not None:
-        wanted = set(roles)
+    if roles is None:
+        data = calibrate_tensors(
+            fp32_onnx,
+            images,
+            CalibrationMethod.Entropy,
+            op_types=None,
+            batch_size=batch_size,
+            num_bins=num_bins,
+        ).data
+    else:
         proto = onnx.load(str(fp32_onnx))
-        keep = {INPUT_NAME}
-        for n in proto.graph.node:
-            if role_of_onnx_name(n.name) in wanted:
-                keep.update(t for t in list(n.input) + list(n.output) if t)
+        inits = {t.name for t in proto.graph.initializer}
+        tensors = sorted(t for t in tensors_of_roles(proto, roles) if t not in inits)
+        data = collect_ranges(
+            fp32_onnx,
+            images,
+            tensors,
+            CalibrationMethod.Entropy,
+            symmetric=False,
+            num_bins=num_bins,
+            batch_size=batch_size,
+            floats_only=True,
+        )
     out: dict[str, float] = {}
-    for name, td in data.data.items():
-        if keep is not None and name not in keep:
-            continue
+    for name, td in data.items():
         lo, hi = td.range_value
         out[name] = float(max(abs(float(np.asarray(lo))), abs(float(np.asarray(hi)))))
     return out
@@ -250,7 +272,7 @@ def trtexec_command(
             cmd.append("--fp16")
     elif precision == "fp16":
         cmd.append("--fp16")
-    elif calib_cache:
+    if calib_cache and precision != "int8":
         raise TargetError("a calibration cache only applies to int8 builds")
     if dla_core is not None:
         if int(dla_core) < 0:

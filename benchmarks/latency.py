@@ -1,0 +1,241 @@
+"""CPU latency benchmark: FP32 torch eager vs FP32 ONNX Runtime vs INT8 ONNX Runtime for STFPM, RD and US.
+
+Unified models on the offline EfficientNet-Lite0 teacher at 256 x 256. Weights: trained checkpoints from
+``--checkpoint-dir`` (``stfpm.pt``, ``rd.pt``, ``us.pt``) when given, otherwise untrained students with the
+pretrained teacher (latency, memory and size do not depend on the weights' values; the output says which).
+INT8 = the shipped ``cpu-int8`` pipeline (student scope, per-channel weights, percentile calibration),
+calibrated on normal training images of ``--calib-data`` (default: the realdev metal_plate set when
+present) or on random-normal noise. An extra row quantizes the teacher as well (``scope=all``).
+
+Every backend is timed in its own process (so peak RSS is its own), in interleaved rounds (so a load
+change on a shared machine hits every backend alike), batch 1 after warm-up at ``--threads`` threads
+(``torch.set_num_threads`` / ``intra_op_num_threads``), plus batch-8 throughput. Prints a markdown table
+and appends it to ``benchmarks/RESULTS.md`` under a heading with the command, date and machine.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/latency.py [--models stfpm,rd,us] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from anomopt.api import optimize  # noqa: E402
+from anomopt.bench import (  # noqa: E402
+    cpu_info,
+    markdown_table,
+    merge_rounds,
+    onnx_conv_macs,
+    onnx_weight_bytes,
+    run_isolated,
+    torch_parameters,
+)
+from anomopt.calibration_data import noise_images  # noqa: E402
+from anomopt.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from anomopt.models import build_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "RESULTS.md"
+REALDEV = REPO.parent / "shared" / "data" / "realdev"
+
+
+def _calibration(args: argparse.Namespace, size: int) -> tuple[torch.Tensor, str]:
+    root = Path(args.calib_data) if args.calib_data else REALDEV
+    if (root / args.calib_category / "train").is_dir():
+        from anomopt.data import load_mvtec
+
+        data = load_mvtec(root, [args.calib_category], split="train", image_size=size)
+        n = min(len(data), args.calib_samples)
+        images = torch.stack([data[i]["image"] for i in range(n)])
+        return images, f"{n} normal training images of {root.name}/{args.calib_category}"
+    return noise_images(args.calib_samples, size, "efficientnet_lite0", seed=0), (
+        f"{args.calib_samples} random-normal noise images (no calibration data found)"
+    )
+
+
+def _model(name: str, args: argparse.Namespace) -> tuple[Any, str]:
+    if args.checkpoint_dir:
+        path = Path(args.checkpoint_dir) / f"{name}.pt"
+        if path.is_file():
+            model, _ = load_checkpoint(path)
+            return model, f"trained checkpoint {path.name}"
+    torch.manual_seed(0)
+    model = build_model(name, image_size=args.image_size)
+    return model, "untrained student(s) + pretrained EfficientNet-Lite0 teacher"
+
+
+def bench_model(
+    name: str, args: argparse.Namespace, calib: torch.Tensor, work: Path
+) -> tuple[list[dict], str]:
+    """Lower ``name`` three (four) ways and time every variant; returns table rows and the weights note."""
+    model, weights = _model(name, args)
+    size = model.config.image_size
+    ckpt = work / f"{name}.pt"
+    save_checkpoint(ckpt, model, categories=[])
+    params = torch_parameters(model)
+    variants: dict[str, dict[str, Any]] = {"FP32 torch eager": {"backend": "torch", "path": str(ckpt)}}
+    onnx_files: dict[str, Path] = {}
+    plans = [("FP32 ORT", 32, None), ("INT8 ORT", 8, None)]
+    if not args.no_scope_all:
+        plans.append(("INT8 ORT, teacher too", 8, {"insert_fake_quant": {"scope": "all"}}))
+    for label, bits, options in plans:
+        om = optimize(
+            model,
+            "cpu",
+            bits,
+            calib=calib,
+            calib_samples=len(calib),
+            pass_options=options,
+            workdir=work / f"{name}-{bits}-{len(onnx_files)}",
+            progress=False,
+        )
+        onnx_files[label] = Path(om.graph.meta["artifact"]["model"])
+        variants[label] = {"backend": "ort", "path": str(onnx_files[label])}
+        if bits == 8:
+            kernels = om.graph.meta["artifact"]["notes"]["integer_kernels"]["by_role"]
+            variants[label]["kernels"] = kernels
+    common = {
+        "image_size": size,
+        "threads": args.threads,
+        "warmup": args.warmup,
+        "iters": args.iters,
+        "batch": 8,
+        "batch_iters": args.batch_iters,
+    }
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in variants}
+    for _ in range(args.rounds):
+        for label, spec in variants.items():
+            runs[label].append(run_isolated({"backend": spec["backend"], "path": spec["path"], **common}))
+    macs = onnx_conv_macs(onnx_files["FP32 ORT"])
+    fp32_bytes = onnx_weight_bytes(onnx_files["FP32 ORT"])
+    rows = []
+    for label in variants:
+        row = merge_rounds(runs[label])
+        sizes = onnx_weight_bytes(onnx_files[label]) if label in onnx_files else None
+        row.update(
+            model=name.upper() if name != "stfpm" else "STFPM",
+            variant=label,
+            file_mb=sizes["file"] / 1e6 if sizes else None,
+            student_mb=sizes["student"] / 1e6 if sizes else params["student"] * 4 / 1e6,
+            student_ratio=sizes["student"] / fp32_bytes["student"] if sizes else None,
+            params_m=params["total"] / 1e6,
+            student_params_m=params["student"] / 1e6,
+            gmacs=macs["total"] / 1e9,
+            student_gmacs=macs["student"] / 1e9,
+        )
+        kernels = variants[label].get("kernels")
+        if kernels:
+            s = kernels.get("student", {"integer": 0, "float": 0})
+            t = kernels.get("teacher", {"integer": 0, "float": 0})
+            row["int_convs"] = (
+                f"S {s['integer']}/{s['integer'] + s['float']}, T {t['integer']}/{t['integer'] + t['float']}"
+            )
+        rows.append(row)
+    fp32 = next(r for r in rows if r["variant"] == "FP32 ORT")
+    for r in rows:
+        r["speedup"] = fp32["p50_ms"] / r["p50_ms"]
+    return rows, weights
+
+
+COLUMNS = [
+    ("model", "model", ""),
+    ("variant", "variant", ""),
+    ("p50 ms", "p50_ms", "{:.1f}"),
+    ("p90 ms", "p90_ms", "{:.1f}"),
+    ("p99 ms", "p99_ms", "{:.1f}"),
+    ("vs FP32 ORT (p50)", "speedup", "{:.2f}x"),
+    ("batch-8 img/s", "throughput_ips", "{:.1f}"),
+    ("peak RSS MiB", "peak_rss_mb", "{:.0f}"),
+    ("model.onnx MB", "file_mb", "{:.2f}"),
+    ("student weights MB", "student_mb", "{:.2f}"),
+    ("student vs FP32", "student_ratio", "{:.1%}"),
+    ("integer convs", "int_convs", ""),
+    ("params M (student)", "params_label", ""),
+    ("GMACs (student)", "macs_label", ""),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="stfpm,rd,us", help="comma-separated subset of stfpm,rd,us")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=40, help="timed batch-1 runs per round")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--batch-iters", type=int, default=5, help="timed batch-8 runs per round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the backends")
+    parser.add_argument("--checkpoint-dir", default=None, help="folder with stfpm.pt / rd.pt / us.pt")
+    parser.add_argument(
+        "--calib-data", default=None, help="MVTec-layout root (default: ../shared/data/realdev)"
+    )
+    parser.add_argument("--calib-category", default="metal_plate")
+    parser.add_argument("--calib-samples", type=int, default=64)
+    parser.add_argument("--no-scope-all", action="store_true", help="skip the teacher-quantized INT8 row")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # the optimizing here; timing threads are set in each worker
+    info_start = cpu_info()
+    started = dt.datetime.now(dt.timezone.utc)
+    calib, calib_note = _calibration(args, args.image_size)
+    rows: list[dict[str, Any]] = []
+    weights_notes: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="anomopt-latency-") as tmp:
+        for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+            model_rows, weights_notes[name] = bench_model(name, args, calib, Path(tmp))
+            rows += model_rows
+            print(f"{name}: done", file=sys.stderr)
+    info_end = cpu_info()
+    for r in rows:
+        r["params_label"] = f"{r['params_m']:.2f} ({r['student_params_m']:.2f})"
+        r["macs_label"] = f"{r['gmacs']:.2f} ({r['student_gmacs']:.2f})"
+    table = markdown_table(rows, COLUMNS)
+    ratios = ", ".join(f"{r['model']} {r['speedup']:.2f}x" for r in rows if r["variant"] == "INT8 ORT")
+    command = "PYTHONPATH=src .venv/bin/python benchmarks/latency.py " + " ".join(
+        shlex.quote(a) for a in (argv or sys.argv[1:])
+    )
+    machine = f"{info_start['model']}, {info_start['logical_cores']} logical cores"
+    load = f"load average {info_start['loadavg']} at the start, {info_end['loadavg']} at the end"
+    lines = [
+        f"## Latency, CPU: `{command.strip()}`",
+        "",
+        f"- Date: {started:%Y-%m-%d %H:%M} UTC. Machine: {machine}; {load} (a shared box: other jobs ran "
+        "meanwhile, so absolute numbers are noisy; rounds are interleaved so the ratios compare "
+        "like with like).",
+        f"- {args.image_size}x{args.image_size}, batch 1 latency after {args.warmup} warm-up runs, "
+        f"{args.rounds} interleaved rounds x {args.iters} runs per backend, each backend in its own process; "
+        f"{args.threads} threads (torch.set_num_threads / ORT intra_op_num_threads); throughput at batch 8.",
+        "- Weights: " + "; ".join(f"{k}: {v}" for k, v in weights_notes.items()) + ".",
+        f"- INT8 calibration: {calib_note}; shipped cpu-int8 pipeline (student scope, per-channel int8 "
+        "weights, uint8 activations, percentile 99.99). 'teacher too' = the same with scope=all.",
+        "- Sizes: model.onnx = the whole artifact; student weights = bytes of the student's stored tensors "
+        "(int8 weights + per-channel scales + int32 biases vs FP32). Params and conv MACs count the "
+        "inference path at batch 1 (MACs from the ONNX graph, which drops the backbone stages after the last "
+        "tap that timm's features_only forward still runs in torch eager).",
+        f"- INT8 / FP32 ONNX Runtime speed-up at batch 1, {args.threads} threads (p50): {ratios}.",
+        "",
+        table,
+        "",
+    ]
+    section = "\n".join(lines)
+    print(section)
+    if not args.no_write:
+        previous = (
+            RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n\nOnly measured numbers.\n"
+        )
+        RESULTS.write_text(previous.rstrip("\n") + "\n\n" + section)
+        print(f"appended to {RESULTS}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""``anomopt optimize``: run a pipeline on a trained checkpoint and write the deployable artifact."""
+
+from __future__ import annotations
+
+import argparse
+
+from anomopt.io import write_json_atomic
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "optimize",
+        help="optimize a trained checkpoint for a target (pipeline of passes) and write the artifact",
+        description="Resolve the target x precision pipeline (passes/<target>-<precision>.toml) or your own, "
+        "run it with drift checks after every pass, optionally gate on AUROC, and save the artifact folder.",
+    )
+    p.add_argument("checkpoint", help="a checkpoint written by `anomopt train`")
+    p.add_argument("--data", required=True, help="MVTec-layout data: its training split calibrates")
+    p.add_argument("--categories", default="all")
+    p.add_argument("--target", default="cpu", help="cpu | xavier_nx | orin")
+    p.add_argument("--bits", type=int, default=8, choices=[8, 16, 32])
+    p.add_argument("--pipeline", default=None, help="a pipeline TOML file to use instead of the shipped one")
+    p.add_argument("--variant", default=None, help="a shipped variant, e.g. qat or prune (cpu-int8-qat.toml)")
+    p.add_argument("--calib-source", default="train", choices=["train", "noise", "mixed"])
+    p.add_argument("--calib-samples", type=int, default=64)
+    p.add_argument("--calib-method", default=None, choices=["max", "percentile", "entropy", "mse"],
+                   help="override the pipeline's calibration method")
+    p.add_argument("--scope", default=None, choices=["student", "all"], help="quantize the student or both")
+    p.add_argument("--evaluate", action="store_true", help="measure AUROC before/after on the test split")
+    p.add_argument("--max-image-auroc-drop", type=float, default=None, help="gate: AUROC points")
+    p.add_argument("--max-pixel-auroc-drop", type=float, default=None, help="gate: AUROC points")
+    p.add_argument("--out", required=True, help="artifact folder to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from anomopt.api import optimize
+    from anomopt.checkpoint import read_checkpoint
+    from anomopt.data import load_mvtec
+    from anomopt.metrics import format_table
+
+    payload = read_checkpoint(args.checkpoint)
+    size = int(payload["config"]["image_size"])
+    cats = args.categories if args.categories != "all" else (payload.get("categories") or "all")
+    calib = load_mvtec(args.data, cats, split="train", image_size=size, seed=args.seed)
+    test = load_mvtec(args.data, cats, split="test", image_size=size) if args.evaluate else None
+    options: dict[str, dict] = {}
+    if args.calib_method:
+        options.setdefault("calibrate", {})["method"] = args.calib_method
+    if args.scope:
+        options.setdefault("insert_fake_quant", {})["scope"] = args.scope
+    tolerance = {}
+    if args.max_image_auroc_drop is not None:
+        tolerance["max_image_auroc_drop"] = args.max_image_auroc_drop
+    if args.max_pixel_auroc_drop is not None:
+        tolerance["max_pixel_auroc_drop"] = args.max_pixel_auroc_drop
+    om = optimize(
+        args.checkpoint, target=args.target, bits=args.bits, calib=calib, eval=test, tolerance=tolerance or None,
+        passes=args.pipeline, variant=args.variant, calib_source=args.calib_source,
+        calib_samples=args.calib_samples, pass_options=options, seed=args.seed, progress=not args.quiet,
+    )
+    print(om.passes_report.table())
+    if om.metrics_before is not None and om.metrics_after is not None:
+        print(format_table(om.metrics_before, title="before"))
+        print(format_table(om.metrics_after, title="after"))
+    folder = om.save(args.out)
+    write_json_atomic(folder / "optimize.json", {"command": "optimize", "checkpoint": str(args.checkpoint)})
+    print(f"artifact: {folder}")
+    return 0
