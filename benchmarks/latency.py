@@ -36,9 +36,9 @@ from anomopt.bench import (  # noqa: E402
     markdown_table,
     merge_rounds,
     onnx_conv_macs,
+    onnx_parameters,
     onnx_weight_bytes,
     run_isolated,
-    torch_parameters,
 )
 from anomopt.calibration_data import noise_images  # noqa: E402
 from anomopt.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
@@ -82,7 +82,6 @@ def bench_model(
     size = model.config.image_size
     ckpt = work / f"{name}.pt"
     save_checkpoint(ckpt, model, categories=[])
-    params = torch_parameters(model)
     variants: dict[str, dict[str, Any]] = {"FP32 torch eager": {"backend": "torch", "path": str(ckpt)}}
     onnx_files: dict[str, Path] = {}
     plans = [("FP32 ORT", 32, None), ("INT8 ORT", 8, None)]
@@ -111,12 +110,15 @@ def bench_model(
         "iters": args.iters,
         "batch": 8,
         "batch_iters": args.batch_iters,
+        "spin": args.spin,
+        "max_seconds": args.max_seconds,
     }
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in variants}
     for _ in range(args.rounds):
         for label, spec in variants.items():
             runs[label].append(run_isolated({"backend": spec["backend"], "path": spec["path"], **common}))
     macs = onnx_conv_macs(onnx_files["FP32 ORT"])
+    params = onnx_parameters(onnx_files["FP32 ORT"])
     fp32_bytes = onnx_weight_bytes(onnx_files["FP32 ORT"])
     rows = []
     for label in variants:
@@ -126,7 +128,7 @@ def bench_model(
             model=name.upper() if name != "stfpm" else "STFPM",
             variant=label,
             file_mb=sizes["file"] / 1e6 if sizes else None,
-            student_mb=sizes["student"] / 1e6 if sizes else params["student"] * 4 / 1e6,
+            student_mb=sizes["student"] / 1e6 if sizes else None,
             student_ratio=sizes["student"] / fp32_bytes["student"] if sizes else None,
             params_m=params["total"] / 1e6,
             student_params_m=params["student"] / 1e6,
@@ -174,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--batch-iters", type=int, default=5, help="timed batch-8 runs per round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the backends")
+    parser.add_argument(
+        "--spin",
+        action="store_true",
+        help="let idle threads busy-wait (OpenMP / ORT defaults); off by default: on a shared, "
+        "oversubscribed box spinning threads slow each other down (2-thread torch was 8x slower so)",
+    )
+    parser.add_argument("--max-seconds", type=float, default=60.0, help="cap per timing loop (min 10 runs)")
     parser.add_argument("--checkpoint-dir", default=None, help="folder with stfpm.pt / rd.pt / us.pt")
     parser.add_argument(
         "--calib-data", default=None, help="MVTec-layout root (default: ../shared/data/realdev)"
@@ -213,14 +222,20 @@ def main(argv: list[str] | None = None) -> int:
         "like with like).",
         f"- {args.image_size}x{args.image_size}, batch 1 latency after {args.warmup} warm-up runs, "
         f"{args.rounds} interleaved rounds x {args.iters} runs per backend, each backend in its own process; "
-        f"{args.threads} threads (torch.set_num_threads / ORT intra_op_num_threads); throughput at batch 8.",
+        f"{args.threads} threads (torch.set_num_threads / ORT intra_op_num_threads); throughput at batch 8. "
+        + (
+            "Thread pools spin (library defaults)."
+            if args.spin
+            else "Thread pools do not busy-wait (OMP_WAIT_POLICY=PASSIVE, ORT allow_spinning=0): on this "
+            "shared box spinning 2-thread pools slowed torch eager about 8x."
+        ),
         "- Weights: " + "; ".join(f"{k}: {v}" for k, v in weights_notes.items()) + ".",
         f"- INT8 calibration: {calib_note}; shipped cpu-int8 pipeline (student scope, per-channel int8 "
         "weights, uint8 activations, percentile 99.99). 'teacher too' = the same with scope=all.",
         "- Sizes: model.onnx = the whole artifact; student weights = bytes of the student's stored tensors "
-        "(int8 weights + per-channel scales + int32 biases vs FP32). Params and conv MACs count the "
-        "inference path at batch 1 (MACs from the ONNX graph, which drops the backbone stages after the last "
-        "tap that timm's features_only forward still runs in torch eager).",
+        "(int8 weights + per-channel scales + int32 biases vs FP32). Params and conv MACs (batch 1) count "
+        "the layers that reach the outputs, from the FP32 ONNX graph; torch eager also runs the backbone "
+        "stages after the last tap (timm's features_only forward), which the ONNX export drops.",
         f"- INT8 / FP32 ONNX Runtime speed-up at batch 1, {args.threads} threads (p50): {ratios}.",
         "",
         table,

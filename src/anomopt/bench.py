@@ -29,15 +29,27 @@ ROLES = ("teacher", "student", "head")
 
 
 def time_calls(
-    fn: Callable[[], Any], warmup: int = 10, iters: int = 50, min_seconds: float = 0.0
+    fn: Callable[[], Any],
+    warmup: int = 10,
+    iters: int = 50,
+    max_seconds: float | None = None,
+    min_iters: int = 10,
 ) -> np.ndarray:
-    """Wall times of ``fn()`` in milliseconds after ``warmup`` untimed calls (at least ``iters`` calls, and
-    more until ``min_seconds`` have passed)."""
-    for _ in range(max(0, warmup)):
+    """Wall times of ``fn()`` in milliseconds after ``warmup`` untimed calls.
+
+    ``iters`` timed calls, or fewer (never under ``min_iters``) once ``max_seconds`` have passed; warm-up
+    stops early (after 2 calls) once a quarter of ``max_seconds`` is spent.
+    """
+    start = time.perf_counter()
+    for i in range(max(0, warmup)):
         fn()
+        if max_seconds is not None and i >= 1 and time.perf_counter() - start > max_seconds / 4:
+            break
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < iters or time.perf_counter() - start < min_seconds:
+    while len(times) < iters:
+        if max_seconds is not None and len(times) >= min_iters and time.perf_counter() - start > max_seconds:
+            break
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1000.0)
@@ -145,6 +157,24 @@ def onnx_weight_bytes(path: str | os.PathLike[str]) -> dict[str, int]:
     return sizes
 
 
+def onnx_parameters(path: str | os.PathLike[str]) -> dict[str, int]:
+    """Parameters per role of the layers that reach the outputs: elements of the float initializers of an
+    FP32 ONNX graph (shape constants excluded), and ``total``."""
+    proto = onnx.load(str(path))
+    consumers: dict[str, list[str]] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.name)
+    counts = {r: 0 for r in ROLES}
+    for t in proto.graph.initializer:
+        if t.data_type != onnx.TensorProto.FLOAT or len(t.dims) == 0:
+            continue
+        users = consumers.get(t.name, [])
+        counts[_role(users[0]) if users else "head"] += int(np.prod(t.dims))
+    counts["total"] = sum(counts[r] for r in ROLES)
+    return counts
+
+
 def torch_parameters(model: Any) -> dict[str, int]:
     """Parameters per role of the inference path (US's training-only backbone excluded), and ``total``."""
     counts = {r: sum(p.numel() for p in getattr(model, r).parameters()) for r in ROLES if hasattr(model, r)}
@@ -165,20 +195,23 @@ def measure_ort(
     iters: int = 50,
     batch: int = 8,
     batch_iters: int = 10,
+    spin: bool = True,
+    max_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Batch-1 latency and batch-``batch`` throughput of an ONNX model on the CPU execution provider."""
     from anomopt.runtime.predictor import make_session
 
-    session = make_session(path, threads=threads)
+    session = make_session(path, threads=threads, spinning=spin)
     name = session.get_inputs()[0].name
     rng = np.random.default_rng(0)
     x1 = rng.random((1, 3, image_size, image_size), dtype=np.float32)
     xb = rng.random((batch, 3, image_size, image_size), dtype=np.float32)
-    lat = time_calls(lambda: session.run(None, {name: x1}), warmup, iters)
-    tb = time_calls(lambda: session.run(None, {name: xb}), max(1, warmup // 4), batch_iters)
+    lat = time_calls(lambda: session.run(None, {name: x1}), warmup, iters, max_seconds)
+    tb = time_calls(lambda: session.run(None, {name: xb}), max(1, warmup // 4), batch_iters, max_seconds, 2)
     return {
         "backend": "onnxruntime",
         "threads": threads,
+        "spin": spin,
         **latency_stats(lat),
         "times_ms": [round(float(t), 4) for t in lat],
         "throughput_ips": float(batch * 1000.0 / np.median(tb)),
@@ -195,8 +228,11 @@ def measure_torch(
     iters: int = 50,
     batch: int = 8,
     batch_iters: int = 10,
+    spin: bool = True,
+    max_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """The same for a torch model in eager mode (``torch.no_grad``, eval, ``set_num_threads``)."""
+    """The same for a torch model in eager mode (``torch.inference_mode``, eval, ``set_num_threads``).
+    ``spin`` is informational here: OpenMP's wait policy is fixed by ``OMP_WAIT_POLICY`` at import."""
     import torch
 
     torch.set_num_threads(threads)
@@ -205,11 +241,12 @@ def measure_torch(
     x1 = torch.rand(1, 3, image_size, image_size, generator=gen)
     xb = torch.rand(batch, 3, image_size, image_size, generator=gen)
     with torch.inference_mode():
-        lat = time_calls(lambda: model(x1), warmup, iters)
-        tb = time_calls(lambda: model(xb), max(1, warmup // 4), batch_iters)
+        lat = time_calls(lambda: model(x1), warmup, iters, max_seconds)
+        tb = time_calls(lambda: model(xb), max(1, warmup // 4), batch_iters, max_seconds, 2)
     return {
         "backend": "torch-eager",
         "threads": threads,
+        "spin": spin,
         **latency_stats(lat),
         "times_ms": [round(float(t), 4) for t in lat],
         "throughput_ips": float(batch * 1000.0 / np.median(tb)),
@@ -237,13 +274,17 @@ def run_isolated(spec: dict[str, Any], timeout: float = 1800.0) -> dict[str, Any
     """Measure one backend in a fresh Python process (``python -m anomopt.bench --worker JSON``).
 
     ``spec``: ``backend`` ("ort": ``path`` to an ONNX file; "torch": ``path`` to an anomopt checkpoint),
-    ``image_size``, ``threads``, ``warmup``, ``iters``, ``batch``, ``batch_iters``.
+    ``image_size``, ``threads``, ``warmup``, ``iters``, ``batch``, ``batch_iters``, ``max_seconds`` (cap per
+    timing loop), ``spin`` (False: no busy-waiting thread pools, ``OMP_WAIT_POLICY=PASSIVE`` and ORT
+    ``allow_spinning=0``: fairer on a shared, oversubscribed CPU).
     """
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     threads = str(spec.get("threads", 2))
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    if not spec.get("spin", True):
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     proc = subprocess.run(
         [sys.executable, "-m", "anomopt.bench", "--worker", json.dumps(spec)],
         capture_output=True,

@@ -86,6 +86,14 @@ def register(subparsers: Any) -> None:
         default="explicit",
         help="Jetson INT8: Q/DQ ONNX (explicit, default) or FP32 ONNX + calib.cache (implicit)",
     )
+    export.add_argument(
+        "--fp16-fallback",
+        action="store_true",
+        help="Jetson INT8: let the layers without Q/DQ (teacher, head) run in FP16 too (adds --fp16)",
+    )
+    export.add_argument(
+        "--workspace-mib", type=int, default=1024, metavar="MIB", help="TensorRT workspace (default: 1024)"
+    )
     export.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     export.add_argument("--quiet", action="store_true", help="no progress bars")
     export.set_defaults(func=run_export)
@@ -149,7 +157,11 @@ def run_export(args: argparse.Namespace) -> int:
     options: dict[str, dict[str, Any]] = {}
     if args.calib_method:
         options["calibrate"] = {"method": args.calib_method}
-    lower_opts: dict[str, Any] = {"trt_quantization": args.trt_quantization}
+    lower_opts: dict[str, Any] = {
+        "trt_quantization": args.trt_quantization,
+        "fp16_fallback": args.fp16_fallback,
+        "workspace_mib": args.workspace_mib,
+    }
     if args.dla_core is not None:
         lower_opts["dla_core"] = args.dla_core
     options["lower"] = lower_opts

@@ -40,26 +40,25 @@ from anomopt.models.teacher import Teacher
 STRIDE = 4
 
 
-def _valid_conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequential:
-    """Unpadded conv (no bias) + BatchNorm + ReLU: the output depends on its receptive field only."""
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, stride=stride, padding=0, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
+def _valid_conv(cin: int, cout: int, kernel: int, stride: int = 1, bn: bool = True) -> nn.Sequential:
+    """Unpadded conv + (BatchNorm) + ReLU: the output depends on its receptive field only."""
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride=stride, padding=0, bias=not bn)]
+    if bn:
+        layers.append(nn.BatchNorm2d(cout))
+    layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
 
 
-def patch_net(patch: int, descriptor: int = 128, width: int = 64) -> nn.Sequential:
+def patch_net(patch: int, descriptor: int = 128, width: int = 64, bn: bool = True) -> nn.Sequential:
     """A stride-4 patch network with receptive field ``patch`` (7 + 8n: 15, 23, 31, ...), no padding."""
     if patch < 15 or (patch - 7) % 8:
         raise ValueError(f"patch size must be 7 + 8n with n >= 1 (15, 23, 31, ...), not {patch}")
-    layers = [_valid_conv(3, width // 2, 3, stride=2), _valid_conv(width // 2, width, 3, stride=2)]
+    layers = [_valid_conv(3, width // 2, 3, 2, bn), _valid_conv(width // 2, width, 3, 2, bn)]
     cin = width
     for _ in range((patch - 7) // 8):
-        layers.append(_valid_conv(cin, 2 * width, 3))
+        layers.append(_valid_conv(cin, 2 * width, 3, 1, bn))
         cin = 2 * width
-    head = nn.Sequential(nn.Conv2d(cin, descriptor, 1), nn.BatchNorm2d(descriptor), nn.ReLU(inplace=True))
-    layers.append(head)
+    layers.append(_valid_conv(cin, descriptor, 1, 1, bn))
     layers.append(nn.Conv2d(descriptor, descriptor, 1))
     return nn.Sequential(*layers)
 
@@ -74,10 +73,12 @@ def pad_for_patch(x: torch.Tensor, patch: int) -> torch.Tensor:
 class DescriptorTeacher(nn.Module):
     """One descriptor network per patch size; outputs standardised with training-set statistics."""
 
-    def __init__(self, patches: Sequence[int], descriptor: int, width: int, target_channels: int) -> None:
+    def __init__(
+        self, patches: Sequence[int], descriptor: int, width: int, target_channels: int, bn: bool = True
+    ) -> None:
         super().__init__()
         self.patches = tuple(patches)
-        self.nets = nn.ModuleList(patch_net(p, descriptor, width) for p in self.patches)
+        self.nets = nn.ModuleList(patch_net(p, descriptor, width, bn) for p in self.patches)
         # Inference-mode BatchNorm without affine: (d - mean) / std, statistics set exactly by the model.
         self.standardize = nn.ModuleList(nn.BatchNorm2d(descriptor, affine=False) for _ in self.patches)
         # Training only: regresses the backbone's features from each descriptor.
@@ -93,10 +94,10 @@ class DescriptorTeacher(nn.Module):
 class Students(nn.Module):
     """An ensemble of independently initialised students for one patch size."""
 
-    def __init__(self, count: int, patch: int, descriptor: int, width: int) -> None:
+    def __init__(self, count: int, patch: int, descriptor: int, width: int, bn: bool = True) -> None:
         super().__init__()
         self.patch = patch
-        self.members = nn.ModuleList(patch_net(patch, descriptor, width) for _ in range(count))
+        self.members = nn.ModuleList(patch_net(patch, descriptor, width, bn) for _ in range(count))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = pad_for_patch(x, self.patch)
@@ -106,9 +107,11 @@ class Students(nn.Module):
 class StudentEnsembles(nn.Module):
     """One student ensemble per patch size."""
 
-    def __init__(self, count: int, patches: Sequence[int], descriptor: int, width: int) -> None:
+    def __init__(
+        self, count: int, patches: Sequence[int], descriptor: int, width: int, bn: bool = True
+    ) -> None:
         super().__init__()
-        self.scales = nn.ModuleList(Students(count, p, descriptor, width) for p in patches)
+        self.scales = nn.ModuleList(Students(count, p, descriptor, width, bn) for p in patches)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [s(x) for s in self.scales]
@@ -186,8 +189,9 @@ class UninformedStudents(KDModel):
         self.augment = bool(extra.get("teacher_augment", True))
         self.backbone = freeze(Teacher(self.config.backbone, pretrained, weights))
         targets = sum(feature_channels(self.config.backbone))
-        self.teacher = DescriptorTeacher(self.patches, descriptor, width, targets)
-        self.student = StudentEnsembles(n_students, self.patches, descriptor, width)
+        bn = bool(extra.get("batchnorm", True))
+        self.teacher = DescriptorTeacher(self.patches, descriptor, width, targets, bn)
+        self.student = StudentEnsembles(n_students, self.patches, descriptor, width, bn)
         self.head = MapHead(self.config.image_size, combine="sum", blur_sigma=self.config.blur_sigma)
         # Per patch size: mean and std of the regression error and of the predictive variance (training set).
         norm = torch.tensor([[0.0, 1.0, 0.0, 1.0]]).repeat(len(self.patches), 1)

@@ -67,8 +67,10 @@ def make_session(
     providers: Sequence[str] | None = None,
     threads: int | None = None,
     optimization: str = "all",
+    spinning: bool = True,
 ) -> ort.InferenceSession:
-    """An ONNX Runtime session; ``threads`` sets ``intra_op_num_threads`` (None: ORT's default)."""
+    """An ONNX Runtime session; ``threads`` sets ``intra_op_num_threads`` (None: ORT's default);
+    ``spinning=False`` stops idle worker threads from busy-waiting (kinder to a shared CPU)."""
     so = ort.SessionOptions()
     so.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -77,6 +79,8 @@ def make_session(
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[optimization]
     so.log_severity_level = 3
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
