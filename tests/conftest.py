@@ -70,8 +70,12 @@ class ToyKD(KDModel):
         return self.student(x)
 
     def distances(self, t, s):
-        return [(nn.functional.normalize(a, dim=1) - nn.functional.normalize(b, dim=1)).pow(2).sum(1, keepdim=True)
-                for a, b in zip(t, s)]
+        return [
+            (nn.functional.normalize(a, dim=1) - nn.functional.normalize(b, dim=1))
+            .pow(2)
+            .sum(1, keepdim=True)
+            for a, b in zip(t, s)
+        ]
 
     def loss_from_features(self, t, s):
         return sum(d.mean() for d in self.distances(t, s))
@@ -90,7 +94,13 @@ class ImageList(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         x = self.images[i]
-        return {"image": x, "mask": torch.zeros(1, *x.shape[1:]), "label": 0, "category": self.category, "path": f"#{i}"}
+        return {
+            "image": x,
+            "mask": torch.zeros(1, *x.shape[1:]),
+            "label": 0,
+            "category": self.category,
+            "path": f"#{i}",
+        }
 
 
 @pytest.fixture

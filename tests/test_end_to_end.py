@@ -34,9 +34,21 @@ def trained(tmp_path_factory):
     seed_everything(0)
     model = build_model("stfpm", image_size=SIZE)
     ckpt = root.parent / "model.ckpt"
-    result = train_model(model, train, TrainConfig(epochs=8, progress=False, precision="fp32", checkpoint=str(ckpt)),
-                         val_set=val, categories=list(train.categories))
-    return {"root": root, "model": model, "train": train, "test": test, "ckpt": ckpt, "norm": result.normalization}
+    result = train_model(
+        model,
+        train,
+        TrainConfig(epochs=8, progress=False, precision="fp32", checkpoint=str(ckpt)),
+        val_set=val,
+        categories=list(train.categories),
+    )
+    return {
+        "root": root,
+        "model": model,
+        "train": train,
+        "test": test,
+        "ckpt": ckpt,
+        "norm": result.normalization,
+    }
 
 
 @pytest.mark.slow
@@ -48,14 +60,28 @@ def test_short_unified_stfpm_reaches_auroc_090(trained):
 
 @pytest.mark.slow
 def test_optimize_int8_within_auroc_tolerance_and_deploys(trained, tmp_path):
-    om = optimize(trained["model"], target="cpu", bits=8, calib=trained["train"], eval=trained["test"],
-                  tolerance={"max_image_auroc_drop": MAX_IMAGE_AUROC_DROP, "max_pixel_auroc_drop": MAX_PIXEL_AUROC_DROP},
-                  categories=list(trained["train"].categories), normalization=trained["norm"], progress=False)
+    om = optimize(
+        trained["model"],
+        target="cpu",
+        bits=8,
+        calib=trained["train"],
+        eval=trained["test"],
+        tolerance={
+            "max_image_auroc_drop": MAX_IMAGE_AUROC_DROP,
+            "max_pixel_auroc_drop": MAX_PIXEL_AUROC_DROP,
+        },
+        categories=list(trained["train"].categories),
+        normalization=trained["norm"],
+        progress=False,
+    )
     before, after = om.metrics_before["mean"], om.metrics_after["mean"]
     assert 100 * (before["image_auroc"] - after["image_auroc"]) <= MAX_IMAGE_AUROC_DROP
     assert 100 * (before["pixel_auroc"] - after["pixel_auroc"]) <= MAX_PIXEL_AUROC_DROP
     names = [p["name"] for p in om.report["passes"]]
-    assert names[:4] == ["fold_batchnorm", "insert_fake_quant", "calibrate", "lower"] and names[-1] == "accuracy_gate"
+    assert (
+        names[:4] == ["fold_batchnorm", "insert_fake_quant", "calibrate", "lower"]
+        and names[-1] == "accuracy_gate"
+    )
     assert all(p["drift"] is None or np.isfinite(p["drift"]["map"]) for p in om.report["passes"])
 
     folder = om.save(tmp_path / "artifact")
@@ -70,21 +96,47 @@ def test_optimize_int8_within_auroc_tolerance_and_deploys(trained, tmp_path):
 @pytest.mark.slow
 def test_gate_refuses_an_impossible_tolerance(trained):
     with pytest.raises(DriftError, match="accuracy_gate: (image|pixel) AUROC fell"):
-        optimize(trained["model"], target="cpu", bits=8, calib=trained["train"], eval=trained["test"],
-                 passes=["fold_batchnorm", ("insert_fake_quant", {"weight_bits": 4}), ("calibrate", {"method": "max"})],
-                 tolerance={"max_image_auroc_drop": -50.0}, progress=False)
+        optimize(
+            trained["model"],
+            target="cpu",
+            bits=8,
+            calib=trained["train"],
+            eval=trained["test"],
+            passes=[
+                "fold_batchnorm",
+                ("insert_fake_quant", {"weight_bits": 4}),
+                ("calibrate", {"method": "max"}),
+            ],
+            tolerance={"max_image_auroc_drop": -50.0},
+            progress=False,
+        )
 
 
 @pytest.mark.slow
 def test_cli_optimize_then_predict(trained, tmp_path, capsys):
     art = tmp_path / "art"
-    assert main(["optimize", str(trained["ckpt"]), "--data", str(trained["root"]), "--out", str(art), "--quiet",
-                 "--calib-samples", "32"]) == 0
+    assert (
+        main(
+            [
+                "optimize",
+                str(trained["ckpt"]),
+                "--data",
+                str(trained["root"]),
+                "--out",
+                str(art),
+                "--quiet",
+                "--calib-samples",
+                "32",
+            ]
+        )
+        == 0
+    )
     assert (art / "model.onnx").is_file() and (art / "meta.json").is_file()
     out = tmp_path / "pred"
     images = str(trained["root"] / "fabric" / "test")
     assert main(["predict", str(art), images, "--category", "fabric", "--out", str(out)]) == 0
-    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    with open(out / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 12 and {r["decision"] for r in rows} <= {"normal", "anomalous"}
     assert len(list((out / "overlays").glob("*.png"))) == 12
     flagged = [r for r in rows if r["decision"] == "anomalous"]

@@ -24,9 +24,10 @@ SIZE = 64
 PTQ = ["fold_batchnorm", "insert_fake_quant", ("calibrate", {"method": "percentile"})]
 
 # Measured ORT INT8 vs torch fake-quant relative L2 at 64 px, untrained students, 16 images (8 uniform + 8
-# normal-ish): STFPM 4.7e-3 / 6.2e-3 (scores, max / percentile), RD 1.8e-4, US 2.6e-4. The residue comes
-# from what ORT quantizes and torch does not (conv outputs ahead of residual adds, int32 biases) and from
-# ORT's own ranges for those tensors. 3e-2 leaves about 5x margin over the worst measured case.
+# normal-ish), percentile calibration: STFPM scores 5.3e-3 / maps 5.7e-3, RD 1.2e-4 / 1.5e-4, US 7e-6 / 4e-6
+# (max calibration alike). The residue comes from what ORT's integer kernels quantize and torch does not
+# (conv outputs ahead of residual adds, int32 biases) and from ORT's own ranges for those tensors.
+# 3e-2 leaves about 5x margin over the worst measured case.
 INT8_PARITY_TOL = 3e-2
 
 
@@ -160,14 +161,15 @@ def test_int8_matches_torch_fake_quant(ptq_graphs, lowered, name):
     assert np.corrcoef(s, fq_s.numpy())[0, 1] > 0.9
 
 
-@pytest.mark.parametrize(("name", "min_fraction"), [("stfpm", 1.0), ("rd", 0.75), ("us", 1.0)])
+# A conv whose output feeds only FP32 consumers (the last layer before the distance: STFPM's last tap,
+# RD's three output convs, each US student's last 1x1) keeps a float output, as in torch: 32/33, 12/15, 15/18.
+@pytest.mark.parametrize(("name", "min_fraction"), [("stfpm", 0.9), ("rd", 0.75), ("us", 0.8)])
 def test_int8_student_convs_run_as_integer_kernels(lowered, name, min_fraction):
     exported, int8_path, _ = lowered[name]
     counts = integer_kernel_counts(int8_path)
     student = counts["by_role"]["student"]
     n_student = student["integer"] + student["float"]
     assert n_student == _onnx_student_convs(exported)
-    # RD's three output 1x1 convs feed only the float distance, so they keep a float output (as in torch)
     assert student["integer"] >= min_fraction * n_student, counts
     assert counts["by_role"]["teacher"]["integer"] == 0, counts  # scope="student": the teacher stays FP32
     assert counts["by_role"].get("head", {"integer": 0})["integer"] == 0

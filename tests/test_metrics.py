@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from collections import deque
 from collections.abc import Callable
 
@@ -319,7 +318,8 @@ def test_aupro_accepts_channel_axis_and_float32() -> None:
     assert aupro(masks, maps) == aupro(masks[:, 0], maps[:, 0])
 
 
-def test_aupro_speed_on_100_maps_256() -> None:
+def test_aupro_and_pixel_auroc_at_full_scale() -> None:
+    """100 maps of 256x256 (timing is measured in benchmarks/, never asserted here)."""
     rng = np.random.default_rng(0)
     masks = np.zeros((100, 256, 256), dtype=bool)
     for i in range(100):
@@ -328,14 +328,10 @@ def test_aupro_speed_on_100_maps_256() -> None:
             h, w = rng.integers(5, 40, 2)
             masks[i, y : y + h, x : x + w] = True
     maps = (rng.normal(size=masks.shape) + 1.5 * masks).astype(np.float32)
-    start = time.perf_counter()
     value = aupro(masks, maps)
-    elapsed = time.perf_counter() - start
     assert 0.5 < value < 1.0
-    assert elapsed < 3.0, f"aupro took {elapsed:.2f} s on 100 maps of 256x256"
-    start = time.perf_counter()
-    pixel_auroc(masks, maps)
-    assert time.perf_counter() - start < 3.0
+    assert value == pytest.approx(aupro(masks, np.exp(maps)), abs=1e-12)
+    assert 0.5 < pixel_auroc(masks, maps) < 1.0
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import ToyKD, randomize_bn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +24,7 @@ from anomopt.passes import (
 from anomopt.passes.fake_quant import quantized_layers
 from anomopt.passes.mixed_precision import AutoMixedPrecision
 from anomopt.quant import FakeQuantizer, QuantScheme, RangeCollector, compute_range
+from conftest import ToyKD, randomize_bn
 
 
 def _ctx(images: torch.Tensor, **kw) -> PassContext:
@@ -63,7 +63,10 @@ def test_fold_batchnorm_drift_below_1e5(seed):
 
 @settings(max_examples=60, deadline=None)
 @given(
-    lo=st.floats(-10, 0), width=st.floats(0.01, 20), bits=st.sampled_from([4, 8]), symmetric=st.booleans(),
+    lo=st.floats(-10, 0),
+    width=st.floats(0.01, 20),
+    bits=st.sampled_from([4, 8]),
+    symmetric=st.booleans(),
     seed=st.integers(0, 1000),
 )
 def test_fake_quant_error_at_most_half_step_in_range(lo, width, bits, symmetric, seed):
@@ -99,7 +102,9 @@ def test_percentile_100_equals_max_and_max_never_clips(seed, shift, spread, symm
     for b in batches:
         c.observe_histogram(b)
     mx = compute_range(c, "max", symmetric=symmetric)
-    assert compute_range(c, "percentile", percentile=100.0, symmetric=symmetric) == pytest.approx(mx, rel=1e-12)
+    assert compute_range(c, "percentile", percentile=100.0, symmetric=symmetric) == pytest.approx(
+        mx, rel=1e-12
+    )
     data = torch.cat(batches)
     assert mx[0] <= float(data.min()) and mx[1] >= float(data.max())
     for method in ("percentile", "entropy", "mse"):
@@ -143,7 +148,9 @@ def test_requirements_are_checked_before_running(toy_model, toy_images):
 def test_drift_over_tolerance_names_pass_and_amount(toy_model, toy_images):
     graph = capture(toy_model, toy_images[:1])
     ctx = _ctx(toy_images, tolerance=Tolerance(max_map_drift=1e-9))
-    with pytest.raises(DriftError, match=r"pass 'calibrate' moved anomaly maps by [0-9.e-]+ .*over its tolerance 1e-09"):
+    with pytest.raises(
+        DriftError, match=r"pass 'calibrate' moved anomaly maps by [0-9.e-]+ .*over its tolerance 1e-09"
+    ):
         PassManager([InsertFakeQuant(weight_bits=4), Calibrate(method="max")]).run(graph, ctx)
 
 

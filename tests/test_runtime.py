@@ -91,7 +91,8 @@ def test_shipped_pipeline_runs_end_to_end(optimized, artifact):
     assert names == ["fold_batchnorm", "insert_fake_quant", "calibrate", "lower"]
     lower = optimized.passes_report.records[-1]
     assert lower.drift is not None and lower.drift["score"] < 0.25  # the real INT8 artifact, via the runner
-    assert lower.notes["integer_kernels"]["by_role"]["student"]["float"] == 0
+    student = lower.notes["integer_kernels"]["by_role"]["student"]
+    assert student["integer"] >= 0.9 * (student["integer"] + student["float"])
     assert {p.name for p in artifact.iterdir()} == {"model.onnx", "meta.json", "report.json"}
     meta = json.loads((artifact / "meta.json").read_text())
     assert (

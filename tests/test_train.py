@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ImageList, ToyKD
 
 from anomopt.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from anomopt.errors import CheckpointError, ConfigError, WeightsNotFoundError
 from anomopt.models import build_model
 from anomopt.models.backbones import create_feature_extractor
 from anomopt.train import TrainConfig, train_model
+from conftest import ImageList, ToyKD
 
 
 def _images(n: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -105,15 +105,26 @@ def test_bad_training_options():
     with pytest.raises(ConfigError, match="precision"):
         train_model(ToyKD(), data, TrainConfig(epochs=1, precision="fp8", progress=False))
     with pytest.raises(CheckpointError, match="no checkpoint"):
-        train_model(ToyKD(), data, TrainConfig(epochs=1, resume=True, checkpoint="/nonexistent/x.ckpt", progress=False))
+        train_model(
+            ToyKD(),
+            data,
+            TrainConfig(epochs=1, resume=True, checkpoint="/nonexistent/x.ckpt", progress=False),
+        )
 
 
 def test_ddp_gradients_match_single_process(tmp_path):
     """Two gloo processes, each on half of the same global batch, give the single-process gradient."""
     out = tmp_path / "ddp_grads.pt"
     tests = Path(__file__).parent
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(tests / "ddp_worker.py"), str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(tests / "ddp_worker.py"),
+        str(out),
+    ]
     env = {**__import__("os").environ, "PYTHONPATH": f"{tests}:{Path(__file__).parents[1] / 'src'}"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -122,8 +133,16 @@ def test_ddp_gradients_match_single_process(tmp_path):
     images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(7))
     model = ToyKD(seed=0, student_bn=False)
     before = {k: v.clone() for k, v in model.student.state_dict().items()}
-    cfg = TrainConfig(epochs=1, batch_size=8, lr=0.5, weight_decay=0.0, optimizer="sgd", precision="fp32",
-                      progress=False, seed=3)
+    cfg = TrainConfig(
+        epochs=1,
+        batch_size=8,
+        lr=0.5,
+        weight_decay=0.0,
+        optimizer="sgd",
+        precision="fp32",
+        progress=False,
+        seed=3,
+    )
     train_model(model, ImageList(images), cfg)
     single = {k: (before[k] - v) / 0.5 for k, v in model.student.state_dict().items()}
     assert set(ddp) == set(single)

@@ -138,7 +138,9 @@ def optimize(
     if isinstance(model, (str, os.PathLike)):
         model, payload = load_checkpoint(model)
     if not isinstance(model, KDModel):
-        raise ConfigError(f"optimize() takes an anomopt KD model or a checkpoint path, not {type(model).__name__}")
+        raise ConfigError(
+            f"optimize() takes an anomopt KD model or a checkpoint path, not {type(model).__name__}"
+        )
     categories = categories or payload.get("categories") or []
     normalization = normalization or payload.get("normalization") or {}
     pipeline = _as_pipeline(passes, spec, bits, variant)
@@ -153,11 +155,23 @@ def optimize(
     reserve = HELD_IMAGES if n_calib_pool > HELD_IMAGES * 2 else 0
     if held is None:
         if calib is not None:
-            held = (calib[-reserve:] if isinstance(calib, torch.Tensor) else
-                    torch.stack([calib[i]["image"] for i in range(n_calib_pool - max(reserve, min(HELD_IMAGES, n_calib_pool)), n_calib_pool)]))
+            held = (
+                calib[-reserve:]
+                if isinstance(calib, torch.Tensor)
+                else torch.stack(
+                    [
+                        calib[i]["image"]
+                        for i in range(
+                            n_calib_pool - max(reserve, min(HELD_IMAGES, n_calib_pool)), n_calib_pool
+                        )
+                    ]
+                )
+            )
         else:
             held = build_calibration_images("noise", None, HELD_IMAGES, size, work.config.backbone, seed + 1)
-    calib_images = build_calibration_images(calib_source, calib, calib_samples, size, work.config.backbone, seed, reserve)
+    calib_images = build_calibration_images(
+        calib_source, calib, calib_samples, size, work.config.backbone, seed, reserve
+    )
     train_images = None
     if train is not None:
         train_images = sample_images(train, len(train), seed)  # type: ignore[arg-type]
@@ -182,7 +196,9 @@ def optimize(
         state={"calib_source": calib_source, "categories": categories, "normalization": normalization},
     )
     graph = capture(work, held[:1])
-    graph.meta.update({"categories": categories, "normalization": normalization, "model_config": work.config.to_dict()})
+    graph.meta.update(
+        {"categories": categories, "normalization": normalization, "model_config": work.config.to_dict()}
+    )
     metrics_before = evaluate_graph(graph, eval) if eval is not None else None
     ctx.state["reference_metrics"] = metrics_before
     run_passes = list(pipeline.passes)

@@ -255,6 +255,47 @@ def measure_torch(
     }
 
 
+def measure_tensorrt(
+    engine_path: str | os.PathLike[str],
+    image_size: int,
+    warmup: int = 10,
+    iters: int = 50,
+    max_seconds: float | None = None,
+    **_: Any,
+) -> dict[str, Any]:
+    """Batch-1 latency of a serialized TensorRT engine (on a Jetson or GPU box where ``tensorrt`` and
+    CUDA torch import; buffers are CUDA torch tensors). Raises :class:`TargetError` elsewhere.
+
+    Not exercised by anomopt's CI (no GPU there); ``trtexec`` prints the same measurement on the device.
+    """
+    from anomopt.errors import TargetError
+
+    try:
+        import tensorrt as trt  # type: ignore[import-not-found]
+        import torch
+    except ImportError:
+        raise TargetError("measuring a TensorRT engine needs the tensorrt package (on the device)") from None
+    if not torch.cuda.is_available():
+        raise TargetError("measuring a TensorRT engine needs a CUDA device")
+    logger = trt.Logger(trt.Logger.WARNING)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
+    context = engine.create_execution_context()
+    shapes = {
+        "images": (1, 3, image_size, image_size),
+        "score": (1,),
+        "anomaly_map": (1, 1, image_size, image_size),
+    }
+    buffers = {k: torch.rand(v, device="cuda") for k, v in shapes.items()}
+    bindings = [buffers[engine.get_binding_name(i)].data_ptr() for i in range(engine.num_bindings)]
+
+    def run() -> None:
+        context.execute_v2(bindings)
+        torch.cuda.synchronize()
+
+    lat = time_calls(run, warmup, iters, max_seconds)
+    return {"backend": "tensorrt", **latency_stats(lat), "times_ms": [round(float(t), 4) for t in lat]}
+
+
 def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     kind = spec["backend"]
     common = {
@@ -262,6 +303,8 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     }
     if kind == "ort":
         return measure_ort(spec["path"], **common)
+    if kind == "trt":
+        return measure_tensorrt(spec["path"], **common)
     if kind == "torch":
         from anomopt.checkpoint import load_checkpoint
 
@@ -273,7 +316,8 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
 def run_isolated(spec: dict[str, Any], timeout: float = 1800.0) -> dict[str, Any]:
     """Measure one backend in a fresh Python process (``python -m anomopt.bench --worker JSON``).
 
-    ``spec``: ``backend`` ("ort": ``path`` to an ONNX file; "torch": ``path`` to an anomopt checkpoint),
+    ``spec``: ``backend`` ("ort": ``path`` to an ONNX file; "torch": ``path`` to an anomopt checkpoint;
+    "trt": ``path`` to a TensorRT engine, on the device),
     ``image_size``, ``threads``, ``warmup``, ``iters``, ``batch``, ``batch_iters``, ``max_seconds`` (cap per
     timing loop), ``spin`` (False: no busy-waiting thread pools, ``OMP_WAIT_POLICY=PASSIVE`` and ORT
     ``allow_spinning=0``: fairer on a shared, oversubscribed CPU).

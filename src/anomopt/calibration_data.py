@@ -61,5 +61,7 @@ def build_calibration_images(
         real = sample_images(data, n - n // 2, seed, exclude)
         images = torch.cat([real, noise_images(n // 2, image_size, backbone, seed)])
     if images.shape[-1] != image_size or images.shape[-2] != image_size:
-        raise DataError(f"calibration images are {tuple(images.shape[-2:])}, the model takes {image_size}x{image_size}")
+        raise DataError(
+            f"calibration images are {tuple(images.shape[-2:])}, the model takes {image_size}x{image_size}"
+        )
     return images

@@ -52,7 +52,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt or foreign files
-        raise CheckpointError(f"{p}: not a readable anomopt checkpoint ({type(err).__name__}: {str(err)[:120]})") from None
+        raise CheckpointError(
+            f"{p}: not a readable anomopt checkpoint ({type(err).__name__}: {str(err)[:120]})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{p}: not an anomopt checkpoint (no '{FORMAT}' header)")
     if payload.get("format_version") != FORMAT_VERSION:

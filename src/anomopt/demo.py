@@ -56,13 +56,20 @@ def _overlays(preds, normalization: dict[str, Any], test, per_category: int = 2)
         entry = category_entry(normalization, cat)
         for i in idx:
             amap = preds.maps[i]
-            z = (amap - entry.get("map_mean", float(amap.mean()))) / entry.get("map_std", float(amap.std()) + 1e-12)
+            z = (amap - entry.get("map_mean", float(amap.mean()))) / entry.get(
+                "map_std", float(amap.std()) + 1e-12
+            )
             pred = z > entry.get("pixel_threshold_z", 4.0)
             image = test[i]["image"].permute(1, 2, 0).numpy()
-            out.append({
-                "image": image, "gt": preds.masks[i], "map": amap, "pred": pred,
-                "caption": f"{cat}: {Path(preds.paths[i]).parent.name}/{Path(preds.paths[i]).name}",
-            })
+            out.append(
+                {
+                    "image": image,
+                    "gt": preds.masks[i],
+                    "map": amap,
+                    "pred": pred,
+                    "caption": f"{cat}: {Path(preds.paths[i]).parent.name}/{Path(preds.paths[i]).name}",
+                }
+            )
     return out
 
 
@@ -86,8 +93,15 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         data_root = out / "data"
         if not (data_root / "synthetic.json").is_file():
             say(f"[1/8] generating the synthetic data set in {data_root}")
-            generate_synthetic(data_root, categories=5, n_train=cfg.n_train, n_test=cfg.n_test,
-                               image_size=256, seed=cfg.seed, progress=cfg.progress)
+            generate_synthetic(
+                data_root,
+                categories=5,
+                n_train=cfg.n_train,
+                n_test=cfg.n_test,
+                image_size=256,
+                seed=cfg.seed,
+                progress=cfg.progress,
+            )
         else:
             say(f"[1/8] reusing the synthetic data set in {data_root}")
     else:
@@ -102,22 +116,41 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     model = build_model("stfpm", image_size=cfg.image_size)
     ckpt = out / "stfpm-unified.ckpt"
-    result = train_model(model, train, TrainConfig(epochs=cfg.epochs, seed=cfg.seed, checkpoint=str(ckpt),
-                                                   progress=cfg.progress, precision="fp32"),
-                         val_set=val, categories=list(train.categories))
+    result = train_model(
+        model,
+        train,
+        TrainConfig(
+            epochs=cfg.epochs, seed=cfg.seed, checkpoint=str(ckpt), progress=cfg.progress, precision="fp32"
+        ),
+        val_set=val,
+        categories=list(train.categories),
+    )
     norm = result.normalization
     say(f"      {result.epochs_run} epochs, {result.images_per_second:.1f} images/s, checkpoint {ckpt}")
 
     say("[3/8] optimizing for cpu: FP32, PTQ (training-image / noise calibration), QAT")
-    common_opt = dict(calib=train, categories=list(train.categories), normalization=norm, seed=cfg.seed,
-                      progress=cfg.progress)
+    common_opt = dict(
+        calib=train,
+        categories=list(train.categories),
+        normalization=norm,
+        seed=cfg.seed,
+        progress=cfg.progress,
+    )
     runs = {
         "FP32 (ORT)": optimize(model, "cpu", 32, workdir=out / "work" / "fp32", **common_opt),
         "PTQ train-calib": optimize(model, "cpu", 8, workdir=out / "work" / "ptq-train", **common_opt),
-        "PTQ noise-calib": optimize(model, "cpu", 8, calib_source="noise", workdir=out / "work" / "ptq-noise",
-                                    **common_opt),
-        "QAT": optimize(model, "cpu", 8, variant="qat", workdir=out / "work" / "qat",
-                        pass_options={"qat_finetune": {"epochs": cfg.qat_epochs}}, **common_opt),
+        "PTQ noise-calib": optimize(
+            model, "cpu", 8, calib_source="noise", workdir=out / "work" / "ptq-noise", **common_opt
+        ),
+        "QAT": optimize(
+            model,
+            "cpu",
+            8,
+            variant="qat",
+            workdir=out / "work" / "qat",
+            pass_options={"qat_finetune": {"epochs": cfg.qat_epochs}},
+            **common_opt,
+        ),
     }
 
     say("[4/8] exporting the INT8 artifact")
@@ -139,9 +172,17 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         latency[name] = measure_ort(path, cfg.image_size, threads=cfg.threads, iters=30)
         sizes[name] = Path(path).stat().st_size
     for name, (preds, metrics) in evals.items():
-        variants.append(ReportVariant(name=name, metrics=metrics, labels=preds.labels, scores=preds.scores,
-                                      categories=preds.categories, latency_ms=latency[name]["p50_ms"],
-                                      size_bytes=sizes.get(name)))
+        variants.append(
+            ReportVariant(
+                name=name,
+                metrics=metrics,
+                labels=preds.labels,
+                scores=preds.scores,
+                categories=preds.categories,
+                latency_ms=latency[name]["p50_ms"],
+                size_bytes=sizes.get(name),
+            )
+        )
 
     fp32_ms = latency["FP32 (ORT)"]["p50_ms"]
     int8_ms = latency["PTQ train-calib"]["p50_ms"]
@@ -149,25 +190,38 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     for v in variants:
         m = v.metrics["mean"]
         mb = f"{v.size_bytes / 1e6:6.2f}" if v.size_bytes else "     -"
-        lines.append(f"{v.name:18s} {100 * m['image_auroc']:9.1f} {100 * m['pixel_auroc']:9.1f} "
-                     f"{100 * m['aupro']:6.1f} {v.latency_ms:7.1f} {mb}")
+        lines.append(
+            f"{v.name:18s} {100 * m['image_auroc']:9.1f} {100 * m['pixel_auroc']:9.1f} "
+            f"{100 * m['aupro']:6.1f} {v.latency_ms:7.1f} {mb}"
+        )
     lines.append(f"INT8 vs FP32 ONNX Runtime speed-up at batch 1: {fp32_ms / int8_ms:.2f}x")
     summary_text = "\n".join(lines)
-    say("[7/8] summary\n" + format_table(evals["PTQ train-calib"][1], title="INT8 (PTQ, train calibration) per category"))
+    say(
+        "[7/8] summary\n"
+        + format_table(evals["PTQ train-calib"][1], title="INT8 (PTQ, train calibration) per category")
+    )
     say(summary_text)
 
     say("[8/8] writing the report")
     int8_preds = evals["PTQ train-calib"][0]
     overlays = _overlays(int8_preds, norm, test)
-    report = write_report(out / "report" / "index.html", "anomopt demo: unified STFPM, CPU INT8", variants,
-                          runs["PTQ train-calib"].report["passes"], overlays, summary=summary_text)
+    report = write_report(
+        out / "report" / "index.html",
+        "anomopt demo: unified STFPM, CPU INT8",
+        variants,
+        runs["PTQ train-calib"].report["passes"],
+        overlays,
+        summary=summary_text,
+    )
     summary = {
         "seconds": time.perf_counter() - t_start,
         "report": str(report),
         "artifact": str(artifact),
         "checkpoint": str(ckpt),
-        "variants": {v.name: {"metrics": v.metrics["mean"], "latency": latency[v.name], "size_bytes": v.size_bytes}
-                     for v in variants},
+        "variants": {
+            v.name: {"metrics": v.metrics["mean"], "latency": latency[v.name], "size_bytes": v.size_bytes}
+            for v in variants
+        },
         "int8_vs_fp32_ort_speedup": fp32_ms / int8_ms,
         "train_images_per_second": result.images_per_second,
     }

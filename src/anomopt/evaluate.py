@@ -24,5 +24,7 @@ def evaluate_checkpoint(
     if categories == "all" and payload.get("categories"):
         categories = list(payload["categories"])
     test = load_mvtec(data_root, categories, split="test", image_size=model.config.image_size)
-    preds = predict_dataset(torch_scorer(model), test, batch_size=batch_size, progress=progress, desc="evaluate")
+    preds = predict_dataset(
+        torch_scorer(model), test, batch_size=batch_size, progress=progress, desc="evaluate"
+    )
     return evaluate_predictions(preds.categories, preds.labels, preds.scores, preds.masks, preds.maps)

@@ -60,7 +60,11 @@ def _pooled(norm: dict[str, Any]) -> dict[str, float]:
     if not norm:
         return {"score_mean": 0.0, "score_std": 1.0, "image_threshold_z": DEFAULT_IMAGE_Z}
     keys = ("score_mean", "score_std", "map_mean", "map_std")
-    pooled = {k: float(np.mean([v[k] for v in norm.values() if k in v])) for k in keys if any(k in v for v in norm.values())}
+    pooled = {
+        k: float(np.mean([v[k] for v in norm.values() if k in v]))
+        for k in keys
+        if any(k in v for v in norm.values())
+    }
     pooled.setdefault("image_threshold_z", DEFAULT_IMAGE_Z)
     pooled.setdefault("pixel_threshold_z", DEFAULT_PIXEL_Z)
     return pooled

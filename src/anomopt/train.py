@@ -100,7 +100,9 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def _cache_targets(model: KDModel, images: torch.Tensor, batch: int, dtype, progress: bool) -> list[torch.Tensor]:
+def _cache_targets(
+    model: KDModel, images: torch.Tensor, batch: int, dtype, progress: bool
+) -> list[torch.Tensor]:
     """Frozen-teacher outputs for every training image, stored in bf16 to halve memory."""
     chunks: list[list[torch.Tensor]] = []
     for i in tqdm(range(0, len(images), batch), desc="cache teacher", disable=not progress, leave=False):
@@ -134,7 +136,9 @@ def train_model(
     if config.optimizer not in ("adam", "sgd"):
         raise ConfigError(f"optimizer must be adam or sgd, not {config.optimizer!r}")
     if config.optimizer == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=config.lr, weight_decay=config.weight_decay
+        )
     else:
         optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     start_epoch, result = 0, TrainResult()
@@ -166,7 +170,9 @@ def train_model(
     steps = math.ceil(n / config.batch_size)
     t0 = time.perf_counter()
     seen = 0
-    bar = tqdm(total=(config.epochs - start_epoch) * steps, desc=f"train {model.config.model}", disable=not show)
+    bar = tqdm(
+        total=(config.epochs - start_epoch) * steps, desc=f"train {model.config.model}", disable=not show
+    )
     for epoch in range(start_epoch, config.epochs):
         model.set_epoch(epoch, config.epochs)
         model.train()
@@ -212,8 +218,12 @@ def train_model(
             model,
             categories,
             normalization=result.normalization,
-            training={"epoch": config.epochs, "optimizer": optimizer.state_dict(), "losses": result.losses,
-                      "complete": True},
+            training={
+                "epoch": config.epochs,
+                "optimizer": optimizer.state_dict(),
+                "losses": result.losses,
+                "complete": True,
+            },
         )
     return result
 

@@ -32,7 +32,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from anomopt.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(out=args.out, data=args.data, categories=args.categories, image_size=args.image_size,
-                        n_train=args.n_train, n_test=args.n_test, epochs=args.epochs, qat_epochs=args.qat_epochs,
-                        threads=args.threads, seed=args.seed, progress=not args.quiet))
+    run_demo(
+        DemoConfig(
+            out=args.out,
+            data=args.data,
+            categories=args.categories,
+            image_size=args.image_size,
+            n_train=args.n_train,
+            n_test=args.n_test,
+            epochs=args.epochs,
+            qat_epochs=args.qat_epochs,
+            threads=args.threads,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
+    )
     return 0

@@ -23,8 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variant", default=None, help="a shipped variant, e.g. qat or prune (cpu-int8-qat.toml)")
     p.add_argument("--calib-source", default="train", choices=["train", "noise", "mixed"])
     p.add_argument("--calib-samples", type=int, default=64)
-    p.add_argument("--calib-method", default=None, choices=["max", "percentile", "entropy", "mse"],
-                   help="override the pipeline's calibration method")
+    p.add_argument(
+        "--calib-method",
+        default=None,
+        choices=["max", "percentile", "entropy", "mse"],
+        help="override the pipeline's calibration method",
+    )
     p.add_argument("--scope", default=None, choices=["student", "all"], help="quantize the student or both")
     p.add_argument("--evaluate", action="store_true", help="measure AUROC before/after on the test split")
     p.add_argument("--max-image-auroc-drop", type=float, default=None, help="gate: AUROC points")
@@ -57,9 +61,19 @@ def run(args: argparse.Namespace) -> int:
     if args.max_pixel_auroc_drop is not None:
         tolerance["max_pixel_auroc_drop"] = args.max_pixel_auroc_drop
     om = optimize(
-        args.checkpoint, target=args.target, bits=args.bits, calib=calib, eval=test, tolerance=tolerance or None,
-        passes=args.pipeline, variant=args.variant, calib_source=args.calib_source,
-        calib_samples=args.calib_samples, pass_options=options, seed=args.seed, progress=not args.quiet,
+        args.checkpoint,
+        target=args.target,
+        bits=args.bits,
+        calib=calib,
+        eval=test,
+        tolerance=tolerance or None,
+        passes=args.pipeline,
+        variant=args.variant,
+        calib_source=args.calib_source,
+        calib_samples=args.calib_samples,
+        pass_options=options,
+        seed=args.seed,
+        progress=not args.quiet,
     )
     print(om.passes_report.table())
     if om.metrics_before is not None and om.metrics_after is not None:

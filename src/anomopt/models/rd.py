@@ -22,10 +22,14 @@ class OneClassBottleneck(nn.Module):
     def __init__(self, channels: list[int], width: int = 96, embed: int = 256) -> None:
         super().__init__()
         c1, c2, c3 = channels
-        self.down1 = nn.Sequential(conv_bn_relu(c1, width // 2, stride=2), conv_bn_relu(width // 2, width, stride=2))
+        self.down1 = nn.Sequential(
+            conv_bn_relu(c1, width // 2, stride=2), conv_bn_relu(width // 2, width, stride=2)
+        )
         self.down2 = conv_bn_relu(c2, width, stride=2)
         self.down3 = conv_bn_relu(c3, width, kernel=1)
-        self.fuse = nn.Sequential(conv_bn_relu(3 * width, embed, stride=2), conv_bn_relu(embed, embed, kernel=1))
+        self.fuse = nn.Sequential(
+            conv_bn_relu(3 * width, embed, stride=2), conv_bn_relu(embed, embed, kernel=1)
+        )
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         f1, f2, f3 = feats
@@ -35,7 +39,9 @@ class OneClassBottleneck(nn.Module):
 class Decoder(nn.Module):
     """Upsamples the embedding back to strides 16, 8, 4, predicting the encoder features there."""
 
-    def __init__(self, channels: list[int], embed: int = 256, widths: tuple[int, int, int] = (128, 64, 32)) -> None:
+    def __init__(
+        self, channels: list[int], embed: int = 256, widths: tuple[int, int, int] = (128, 64, 32)
+    ) -> None:
         super().__init__()
         c1, c2, c3 = channels
         w3, w2, w1 = widths

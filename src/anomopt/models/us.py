@@ -188,10 +188,14 @@ class UninformedStudents(KDModel):
         self.patches = tuple(int(p) for p in ([patches] if isinstance(patches, int) else patches))
         self.augment = bool(extra.get("teacher_augment", True))
         self.backbone = freeze(Teacher(self.config.backbone, pretrained, weights))
-        targets = sum(feature_channels(self.config.backbone))
+        channels = feature_channels(self.config.backbone)
+        self.target_taps = tuple(int(i) for i in extra.get("target_taps", range(len(channels))))
+        targets = sum(channels[i] for i in self.target_taps)
         bn = bool(extra.get("batchnorm", True))
-        self.teacher = DescriptorTeacher(self.patches, descriptor, width, targets, bn)
-        self.student = StudentEnsembles(n_students, self.patches, descriptor, width, bn)
+        teacher_bn = bool(extra.get("teacher_batchnorm", bn))
+        student_bn = bool(extra.get("student_batchnorm", bn))
+        self.teacher = DescriptorTeacher(self.patches, descriptor, width, targets, teacher_bn)
+        self.student = StudentEnsembles(n_students, self.patches, descriptor, width, student_bn)
         self.head = MapHead(self.config.image_size, combine="sum", blur_sigma=self.config.blur_sigma)
         # Per patch size: mean and std of the regression error and of the predictive variance (training set).
         norm = torch.tensor([[0.0, 1.0, 0.0, 1.0]]).repeat(len(self.patches), 1)
@@ -209,7 +213,9 @@ class UninformedStudents(KDModel):
     # ------------------------------------------------------------------------------------------ phases
 
     def set_epoch(self, epoch: int, total: int) -> None:
-        teacher_epochs = max(1, round(self.teacher_fraction * total)) if total > 1 else 0
+        teacher_epochs = 0
+        if total > 1 and self.teacher_fraction > 0:
+            teacher_epochs = min(total - 1, max(1, round(self.teacher_fraction * total)))
         previous = self.phase if self._scheduled else None
         self._scheduled = True
         self._finish_collection()
@@ -269,6 +275,7 @@ class UninformedStudents(KDModel):
     def frozen_targets(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Backbone features resized to stride 4 and concatenated: the descriptor teachers' target."""
         feats = self.backbone(x)
+        feats = [feats[i] for i in self.target_taps]
         size = (-(-x.shape[-2] // STRIDE), -(-x.shape[-1] // STRIDE))
         cat = torch.cat([F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats], 1)
         return [cat]

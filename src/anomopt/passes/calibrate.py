@@ -16,7 +16,9 @@ from anomopt.passes.fake_quant import quantized_layers
 from anomopt.quant import RangeCollector, compute_range
 
 
-def _collect(graph: ModelGraph, images: torch.Tensor, batch: int, phase: str, collectors: dict[str, RangeCollector]):
+def _collect(
+    graph: ModelGraph, images: torch.Tensor, batch: int, phase: str, collectors: dict[str, RangeCollector]
+):
     handles = []
     for name in collectors:
         conv = graph.module(name)
@@ -82,5 +84,9 @@ class Calibrate(Pass):
             "samples": int(len(images)),
             "source": ctx.state.get("calib_source", "given"),
         }
-        graph.meta["last_pass_notes"] = {"method": method, "samples": int(len(images)), "clipped_layers": clipped}
+        graph.meta["last_pass_notes"] = {
+            "method": method,
+            "samples": int(len(images)),
+            "clipped_layers": clipped,
+        }
         return graph

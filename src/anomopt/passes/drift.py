@@ -29,7 +29,9 @@ def relative_l2(value: np.ndarray, reference: np.ndarray) -> float:
     return num / den
 
 
-def measure_drift(scores: np.ndarray, maps: np.ndarray, ref_scores: np.ndarray, ref_maps: np.ndarray) -> Drift:
+def measure_drift(
+    scores: np.ndarray, maps: np.ndarray, ref_scores: np.ndarray, ref_maps: np.ndarray
+) -> Drift:
     """Drift of ``(scores, maps)`` from the reference outputs."""
     if len(scores) > 2 and np.ptp(ref_scores) > 0 and np.ptp(scores) > 0:
         rho = float(spearmanr(scores, ref_scores).statistic)

@@ -15,7 +15,11 @@ def evaluate_graph(graph: ModelGraph, dataset, pixel: bool = True, batch_size: i
     """Per-category and mean metrics of what the graph deploys as, on a labelled data set."""
     preds = predict_dataset(graph.predict, dataset, batch_size=batch_size)
     return evaluate_predictions(
-        preds.categories, preds.labels, preds.scores, preds.masks if pixel else None, preds.maps if pixel else None,
+        preds.categories,
+        preds.labels,
+        preds.scores,
+        preds.masks if pixel else None,
+        preds.maps if pixel else None,
         pixel_metrics=pixel,
     )
 

@@ -79,7 +79,11 @@ class FakeQuantizer(nn.Module):
         scale, zero = self.qparams()
         if s.per_channel_axis is None:
             return torch.fake_quantize_per_tensor_affine(x, scale.float(), zero, s.qmin, s.qmax)
-        return torch.fake_quantize_per_channel_affine(x, scale.float(), zero, s.per_channel_axis, s.qmin, s.qmax)
+        return torch.fake_quantize_per_channel_affine(
+            x, scale.float(), zero, s.per_channel_axis, s.qmin, s.qmax
+        )
 
     def extra_repr(self) -> str:
-        return f"bits={self.scheme.bits}, symmetric={self.scheme.symmetric}, axis={self.scheme.per_channel_axis}"
+        return (
+            f"bits={self.scheme.bits}, symmetric={self.scheme.symmetric}, axis={self.scheme.per_channel_axis}"
+        )

@@ -39,7 +39,9 @@ class RangeCollector:
     def observe_minmax(self, x: torch.Tensor) -> None:
         x = x.detach().float()
         if not torch.isfinite(x).all():
-            raise DataError(f"calibration produced NaN or Inf at {self.name or 'a quantizer'}; check the calibration images")
+            raise DataError(
+                f"calibration produced NaN or Inf at {self.name or 'a quantizer'}; check the calibration images"
+            )
         self.min = min(self.min, float(x.min()))
         self.max = max(self.max, float(x.max()))
 
@@ -81,7 +83,11 @@ def _entropy_range(c: RangeCollector, bits: int, symmetric: bool) -> tuple[float
 
     assert c.hist is not None
     collector = HistogramCollector(
-        method="entropy", symmetric=True, num_bins=NUM_BINS, num_quantized_bins=2 ** (bits - 1), percentile=100.0,
+        method="entropy",
+        symmetric=True,
+        num_bins=NUM_BINS,
+        num_quantized_bins=2 ** (bits - 1),
+        percentile=100.0,
         scenario="same",
     )
     histogram = (c.hist.astype(np.int64), c.edges, np.float32(c.min), np.float32(c.max), np.float32(c.absmax))
@@ -104,7 +110,10 @@ def _mse_range(c: RangeCollector, bits: int, symmetric: bool) -> tuple[float, fl
             bound = frac * max(abs(c.min), abs(c.max))
             lo, hi = -bound, bound
             scale = bound / (2 ** (bits - 1) - 1)
-            q = np.clip(np.round(centers / max(scale, 1e-12)), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1) * scale
+            q = (
+                np.clip(np.round(centers / max(scale, 1e-12)), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+                * scale
+            )
         else:
             lo, hi = min(c.min * frac, 0.0), max(c.max * frac, 0.0)
             scale = max((hi - lo) / (2**bits - 1), 1e-12)
@@ -121,7 +130,9 @@ def compute_range(
 ) -> tuple[float, float]:
     """The ``(amin, amax)`` clipping range of one tensor by ``method``."""
     if method not in CALIBRATION_METHODS:
-        raise ConfigError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, not {method!r}")
+        raise ConfigError(
+            f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, not {method!r}"
+        )
     if collector.min > collector.max:
         raise DataError(f"quantizer {collector.name or '?'} saw no calibration data")
     if method == "max":

@@ -242,6 +242,39 @@ def collect_ranges(
     return out
 
 
+def _useful_glue(proto: onnx.ModelProto, convs: set[str], roles: Iterable[str]) -> set[str]:
+    """Glue ops (``GLUE_OPS`` in the quantized roles) that sit between quantized convs: every activation
+    input comes from a quantized conv or such a glue op, and some path of glue ops leads on to a quantized
+    conv. Quantizing others (a stack of the students' outputs feeding the float distance, say) would add
+    quantization points the torch graph does not have and win no integer kernel."""
+    roles = set(roles)
+    inits = {t.name for t in proto.graph.initializer}
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    candidates = [n for n in proto.graph.node if n.op_type in GLUE_OPS and role_of_onnx_name(n.name) in roles]
+    fed: set[str] = set()  # inputs all quantized (nodes are in topological order)
+    for n in candidates:
+        acts = [
+            i
+            for i in n.input
+            if i and i not in inits and not (i in producers and producers[i].op_type == "Constant")
+        ]
+        if n.op_type in ("Resize", "Pad"):
+            acts = acts[:1]  # roi / scales / sizes are not activations
+        if acts and all(
+            i in producers and (producers[i].name in convs or producers[i].name in fed) for i in acts
+        ):
+            fed.add(n.name)
+    useful: set[str] = set()
+    for n in reversed([c for c in candidates if c.name in fed]):
+        if any(c.name in convs or c.name in useful for o in n.output for c in consumers.get(o, [])):
+            useful.add(n.name)
+    return useful
+
+
 def onnx_scope_plan(proto: onnx.ModelProto, graph: ModelGraph, conv_map: dict[str, str]) -> dict[str, Any]:
     """Which ONNX nodes to quantize: the torch-quantized convs plus glue ops inside the quantized scope."""
     quant = graph.meta.get("quant") or {}
@@ -255,17 +288,17 @@ def onnx_scope_plan(proto: onnx.ModelProto, graph: ModelGraph, conv_map: dict[st
         iq = getattr(conv, "input_quantizer", None)
         if iq is not None and iq.enabled and bool(iq.calibrated) and (wq is None or wq.enabled):
             enabled.add(name)
-    to_quantize: list[str] = []
+    convs_q: set[str] = set()
     convs_fp: list[str] = []
     for node in proto.graph.node:
         if node.op_type == "Conv":
             module = conv_map.get(node.name)
             if module is not None and module in enabled:
-                to_quantize.append(node.name)
+                convs_q.add(node.name)
             else:
                 convs_fp.append(node.name)
-        elif node.op_type in GLUE_OPS and role_of_onnx_name(node.name) in roles:
-            to_quantize.append(node.name)
+    glue = _useful_glue(proto, convs_q, roles)
+    to_quantize = [n.name for n in proto.graph.node if n.name in convs_q or n.name in glue]
     excluded = [n.name for n in proto.graph.node if n.name not in set(to_quantize)]
     return {
         "roles": list(roles),
