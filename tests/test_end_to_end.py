@@ -27,7 +27,7 @@ MAX_PIXEL_AUROC_DROP = 2.0
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e") / "data"
-    generate_synthetic(root, categories=5, n_train=20, n_test=12, image_size=SIZE, seed=0, progress=False)
+    generate_synthetic(root, categories=5, n_train=30, n_test=12, image_size=SIZE, seed=0, progress=False)
     train = load_mvtec(root, "all", split="train", image_size=SIZE)
     val = load_mvtec(root, "all", split="val", image_size=SIZE)
     test = load_mvtec(root, "all", split="test", image_size=SIZE)
@@ -37,7 +37,7 @@ def trained(tmp_path_factory):
     result = train_model(
         model,
         train,
-        TrainConfig(epochs=8, progress=False, precision="fp32", checkpoint=str(ckpt)),
+        TrainConfig(epochs=10, lr=3e-3, progress=False, precision="fp32", checkpoint=str(ckpt)),
         val_set=val,
         categories=list(train.categories),
     )

@@ -132,10 +132,7 @@ def test_export_graph_is_clean_and_maps_convs(ptq_graphs, tmp_path):
 
 
 def test_scope_names_to_module_names():
-    assert (
-        _module_name_from_scope("/student/bottleneck/down1/down1.0/down1.0.0/Conv")
-        == "student.bottleneck.down1.0.0"
-    )
+    assert _module_name_from_scope("/student/bottleneck/down1/down1.0/down1.0.0/Conv") == "student.bottleneck.down1.0.0"
     assert (
         _module_name_from_scope("/teacher/features/blocks.1/blocks.1.0/conv_dw/Conv")
         == "teacher.features.blocks.1.0.conv_dw"
@@ -218,15 +215,11 @@ def test_calibration_method_mapping():
     assert CALIBRATION_METHODS["max"].name == "MinMax"
     assert CALIBRATION_METHODS["percentile"].name == "Percentile"
     assert CALIBRATION_METHODS["entropy"].name == "Entropy"
-    assert (
-        CALIBRATION_METHODS["mse"].name == "MinMax"
-    )  # ORT has no MSE search; conv inputs keep anomopt's MSE ranges
+    assert CALIBRATION_METHODS["mse"].name == "MinMax"  # ORT has no MSE search; conv inputs keep anomopt's MSE ranges
 
 
 def test_fp32_pipeline_lowers_exactly(tmp_path):
-    om = optimize(
-        build_model("rd", image_size=SIZE), "cpu", 32, calib_source="noise", workdir=tmp_path, progress=False
-    )
+    om = optimize(build_model("rd", image_size=SIZE), "cpu", 32, calib_source="noise", workdir=tmp_path, progress=False)
     rec = om.passes_report.records[-1]
     assert rec.name == "lower" and rec.drift["map"] < 1e-4 and rec.drift["score"] < 1e-4
     x = _images(2)
@@ -234,3 +227,29 @@ def test_fp32_pipeline_lowers_exactly(tmp_path):
     with torch.no_grad(), quantizers_disabled(om.graph.model):
         ref, _ = om.graph.model(x)
     np.testing.assert_allclose(s, ref.numpy(), rtol=1e-4)
+
+
+def test_4bit_weights_keep_their_grid(tmp_path):
+    """weight_bits=4: the torch quantizers' 4-bit scales go to ORT as weight overrides (int8 storage)."""
+    torch.manual_seed(0)
+    calib = _images(16, seed=1)
+    passes = ["fold_batchnorm", ("insert_fake_quant", {"weight_bits": 4}), ("calibrate", {"method": "max"})]
+    graph = optimize(
+        build_model("rd", image_size=SIZE), "cpu", 8, calib=calib, passes=passes, calib_samples=8, progress=False
+    ).graph
+    exported = export_onnx(graph, tmp_path / "fp32.onnx")
+    quantize_ort_int8(exported.path, tmp_path / "int8.onnx", graph, exported.conv_map, calib)
+    proto = onnx.load(str(tmp_path / "int8.onnx"))
+    weights = [
+        onnx.numpy_helper.to_array(t)
+        for t in proto.graph.initializer
+        if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4
+    ]
+    assert weights and all(np.abs(w.astype(np.int32)).max() <= 8 for w in weights)
+    x = _images(4, seed=2)
+    with torch.no_grad():
+        fq_s, _ = graph.model(x)
+    s, _ = ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"images": x.numpy()}
+    )
+    assert relative_l2(s, fq_s.numpy()) < INT8_PARITY_TOL

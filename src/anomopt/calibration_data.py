@@ -31,6 +31,13 @@ def sample_images(data: Dataset | torch.Tensor, n: int, seed: int = 0, exclude: 
     total = len(data) - exclude  # type: ignore[arg-type]
     if total <= 0:
         raise DataError("the calibration data set is empty")
+    if isinstance(data, torch.Tensor) and data.is_floating_point() and not torch.isfinite(data).all():
+        bad = (~torch.isfinite(data.reshape(len(data), -1))).any(1).nonzero().flatten().tolist()
+        shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+        raise DataError(
+            f"calibration images hold NaN or Inf values ({len(bad)} of {len(data)} images: index {shown}); "
+            "pass finite pixel values in [0, 1]"
+        )
     idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[: min(n, total)].tolist()
     if isinstance(data, torch.Tensor):
         return data[idx]

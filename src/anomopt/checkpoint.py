@@ -78,6 +78,6 @@ def load_checkpoint(
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit model {name!r}: {str(err)[:200]}") from None
+        raise CheckpointError(f"{path}: weights do not fit model {name!r}: {' '.join(str(err).split())[:200]}") from None
     model.eval()
     return model, payload

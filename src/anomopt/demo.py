@@ -29,7 +29,7 @@ class DemoConfig:
     image_size: int = 128
     n_train: int = 40
     n_test: int = 20
-    epochs: int = 8
+    epochs: int = 10
     qat_epochs: int = 1
     threads: int = 2
     seed: int = 0

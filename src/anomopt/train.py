@@ -35,7 +35,7 @@ class TrainConfig:
 
     epochs: int = 20
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 1e-5
     optimizer: str = "adam"  # adam | sgd
     seed: int = 0

@@ -70,6 +70,15 @@ def pad_for_patch(x: torch.Tensor, patch: int) -> torch.Tensor:
     return F.pad(x, (lo, hi, lo, hi), mode="reflect")
 
 
+def _identity_conv(channels: int) -> nn.Conv2d:
+    conv = nn.Conv2d(channels, channels, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(channels).view(channels, channels, 1, 1))
+        conv.bias.zero_()
+    conv.requires_grad_(False)
+    return conv
+
+
 class DescriptorTeacher(nn.Module):
     """One descriptor network per patch size; outputs standardised with training-set statistics."""
 
@@ -79,8 +88,8 @@ class DescriptorTeacher(nn.Module):
         super().__init__()
         self.patches = tuple(patches)
         self.nets = nn.ModuleList(patch_net(p, descriptor, width, bn) for p in self.patches)
-        # Inference-mode BatchNorm without affine: (d - mean) / std, statistics set exactly by the model.
-        self.standardize = nn.ModuleList(nn.BatchNorm2d(descriptor, affine=False) for _ in self.patches)
+        # A fixed 1x1 conv: descriptors whitened with their training-set mean and covariance (set by the model).
+        self.standardize = nn.ModuleList(_identity_conv(descriptor) for _ in self.patches)
         # Training only: regresses the backbone's features from each descriptor.
         self.project = nn.ModuleList(nn.Conv2d(descriptor, target_channels, 1) for _ in self.patches)
 
@@ -125,10 +134,16 @@ class _Moments:
         self.s: torch.Tensor | None = None
         self.ss: torch.Tensor | None = None
 
-    def add(self, x: torch.Tensor, dims: tuple[int, ...]) -> None:
+    def add(self, x: torch.Tensor, cross: bool = False) -> None:
+        """Add (N, C, H, W) values; ``cross`` keeps the full C x C second moments (for a covariance)."""
         x = x.detach().double()
         n = torch.tensor([float(x.numel() // x.shape[1])], dtype=torch.float64)  # values per channel
-        s, ss = x.sum(dim=dims), x.pow(2).sum(dim=dims)
+        s = x.sum(dim=(0, 2, 3))
+        if cross:
+            flat = x.transpose(0, 1).reshape(x.shape[1], -1)
+            ss = flat @ flat.T
+        else:
+            ss = x.pow(2).sum(dim=(0, 2, 3))
         if dist.is_available() and dist.is_initialized():
             for t in (n, s, ss):
                 dist.all_reduce(t)
@@ -137,8 +152,11 @@ class _Moments:
         self.ss = ss if self.ss is None else self.ss + ss
 
     def mean_var(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and variance (for ``cross``: the mean and the covariance matrix)."""
         assert self.s is not None and self.ss is not None
         mean = self.s / self.n
+        if self.ss.dim() == 2:
+            return mean, self.ss / self.n - torch.outer(mean, mean)
         return mean, (self.ss / self.n - mean.pow(2)).clamp_min(0.0)
 
 
@@ -187,6 +205,8 @@ class UninformedStudents(KDModel):
         patches = extra.get("patch_sizes", (23,))
         self.patches = tuple(int(p) for p in ([patches] if isinstance(patches, int) else patches))
         self.augment = bool(extra.get("teacher_augment", True))
+        self.whiten = bool(extra.get("whiten", True))
+        self.shrink = float(extra.get("whiten_shrink", 1e-3))
         self.backbone = freeze(Teacher(self.config.backbone, pretrained, weights))
         channels = feature_channels(self.config.backbone)
         self.target_taps = tuple(int(i) for i in extra.get("target_taps", range(len(channels))))
@@ -241,18 +261,23 @@ class UninformedStudents(KDModel):
         self._collect_descriptors = self._collect_scores = False
 
     def _store_descriptor_stats(self) -> None:
-        for bn, m in zip(self.teacher.standardize, self._desc_moments, strict=True):
-            mean, var = m.mean_var()
-            bn.running_mean.copy_(mean.float())
-            bn.running_var.copy_(var.float().clamp_min(1e-6))
+        """Whitening (ZCA) with the training descriptors' mean and covariance, slightly shrunk."""
+        for conv, m in zip(self.teacher.standardize, self._desc_moments, strict=True):
+            mean, cov = m.mean_var()
+            if self.whiten:
+                eig, vec = torch.linalg.eigh(cov)
+                eig = eig.clamp_min(0.0) + self.shrink * eig.clamp_min(0.0).mean() + 1e-12
+                w = vec @ torch.diag(eig.rsqrt()) @ vec.T
+            else:
+                w = torch.diag((cov.diagonal().clamp_min(0.0) + 1e-6).rsqrt())
+            conv.weight.copy_(w.float().view_as(conv.weight))
+            conv.bias.copy_((-w @ mean).float())
 
     def train(self, mode: bool = True) -> UninformedStudents:
         nn.Module.train(self, mode)
         self.backbone.eval()
         if self.phase == "students":
             self.teacher.eval()
-        for bn in self.teacher.standardize:
-            bn.eval()  # statistics are set exactly, never by running averages
         return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -313,7 +338,7 @@ class UninformedStudents(KDModel):
             x = torch.cat([x, x_aug.to(x.dtype)])
         self._step += 1
         target = target.float()
-        self._target_moments.add(target, (0, 2, 3))
+        self._target_moments.add(target)
         mean, var = self._target_moments.mean_var()
         target = (target - mean.float().view(1, -1, 1, 1)) / (var.float().sqrt().view(1, -1, 1, 1) + 1e-4)
         loss = x.new_zeros(())
@@ -330,7 +355,7 @@ class UninformedStudents(KDModel):
         with torch.no_grad():
             if self._collect_descriptors and self.training:
                 for m, raw in zip(self._desc_moments, self.teacher.raw(x), strict=True):
-                    m.add(raw.float(), (0, 2, 3))
+                    m.add(raw.float(), cross=True)
                 self._store_descriptor_stats()
             desc = self.teacher(x)
         preds = self.student_features(x, desc)
@@ -338,5 +363,5 @@ class UninformedStudents(KDModel):
             with torch.no_grad():
                 for m, ti, si in zip(self._score_moments, desc, preds, strict=True):
                     error, variance = self._error_variance(ti.float(), si.detach().float())
-                    m.add(torch.cat([error, variance], 1), (0, 2, 3))
+                    m.add(torch.cat([error, variance], 1))
         return self.loss_from_features(desc, preds)

@@ -149,8 +149,7 @@ def calibrate_tensors(
 def _float_tensors(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     inferred = onnx.shape_inference.infer_shapes(proto)
     infos = {
-        vi.name: vi
-        for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)
+        vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)
     }
     return {
         name: vi
@@ -258,15 +257,11 @@ def _useful_glue(proto: onnx.ModelProto, convs: set[str], roles: Iterable[str]) 
     fed: set[str] = set()  # inputs all quantized (nodes are in topological order)
     for n in candidates:
         acts = [
-            i
-            for i in n.input
-            if i and i not in inits and not (i in producers and producers[i].op_type == "Constant")
+            i for i in n.input if i and i not in inits and not (i in producers and producers[i].op_type == "Constant")
         ]
         if n.op_type in ("Resize", "Pad"):
             acts = acts[:1]  # roi / scales / sizes are not activations
-        if acts and all(
-            i in producers and (producers[i].name in convs or producers[i].name in fed) for i in acts
-        ):
+        if acts and all(i in producers and (producers[i].name in convs or producers[i].name in fed) for i in acts):
             fed.add(n.name)
     useful: set[str] = set()
     for n in reversed([c for c in candidates if c.name in fed]):
@@ -314,7 +309,7 @@ def activation_overrides(
     proto: onnx.ModelProto, graph: ModelGraph, conv_map: dict[str, str], conv_nodes: Iterable[str]
 ) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
     """``TensorQuantOverrides`` giving each quantized conv's input tensor the torch quantizer's scale and
-    zero point (and each weight its per-channel scales). Returns ``(overrides, conflicts)``."""
+    zero point, and each weight the torch weight quantizer's scales. Returns ``(overrides, conflicts)``."""
     nodes = {n.name: n for n in proto.graph.node}
     overrides: dict[str, list[dict[str, Any]]] = {}
     conflicts: list[str] = []
@@ -333,6 +328,9 @@ def activation_overrides(
             "scale": np.array(scale.item(), dtype=np.float32),
             "zero_point": np.array(int(zero.item()), dtype=np.uint8),
         }
+        wq = weight_quantizer(conv)
+        if wq is not None and wq.enabled and bool(wq.calibrated) and node.input[1] not in overrides:
+            overrides[node.input[1]] = _weight_override(wq)
         tensor = node.input[0]
         previous = overrides.get(tensor)
         if previous is not None:
@@ -344,6 +342,26 @@ def activation_overrides(
             continue
         overrides[tensor] = [entry]
     return overrides, conflicts
+
+
+def _weight_override(wq: Any) -> list[dict[str, Any]]:
+    """The torch weight quantizer's symmetric scales as int8 overrides (per channel on axis 0, or per
+    tensor). 4-bit weights keep their 4-bit grid (``amax / 7``), stored in int8: the artifact computes
+    what the fake-quant graph computes, with 8-bit integer kernels."""
+    scale, _ = wq.qparams()
+    scales = scale.detach().reshape(-1).numpy().astype(np.float32)
+    if wq.scheme.per_channel_axis is None:
+        return [{"quant_type": QuantType.QInt8, "scale": scales[0], "zero_point": np.array(0, dtype=np.int8)}]
+    axis = int(wq.scheme.per_channel_axis)
+    return [
+        {
+            "quant_type": QuantType.QInt8,
+            "axis": axis,
+            "scale": np.array(v, dtype=np.float32),
+            "zero_point": np.array(0, dtype=np.int8),
+        }
+        for v in scales
+    ]
 
 
 def keep_float_consumers(proto: onnx.ModelProto, quantized_nodes: Iterable[str]) -> int:
@@ -373,9 +391,7 @@ def keep_float_consumers(proto: onnx.ModelProto, quantized_nodes: Iterable[str])
         changed = False
         used = {i for n in proto.graph.node for i in n.input} | graph_outputs
         for node in list(proto.graph.node):
-            if node.op_type in ("QuantizeLinear", "DequantizeLinear") and not any(
-                o in used for o in node.output
-            ):
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear") and not any(o in used for o in node.output):
                 proto.graph.node.remove(node)
                 changed = True
     used = {i for n in proto.graph.node for i in n.input}
@@ -425,9 +441,7 @@ def compact_qdq_initializers(proto: onnx.ModelProto) -> dict[str, int]:
         if derived.shape != value(b_scale).shape or not np.array_equal(derived, value(b_scale)):
             continue
         out = f"{conv.name}_bias_scale"
-        new_nodes.append(
-            onnx.helper.make_node("Mul", [x_scale, w_scale], [out], name=f"{conv.name}_bias_scale")
-        )
+        new_nodes.append(onnx.helper.make_node("Mul", [x_scale, w_scale], [out], name=f"{conv.name}_bias_scale"))
         dqs[2].input[1] = out  # type: ignore[union-attr]
         bias_scales += 1
     for i, node in enumerate(new_nodes):
@@ -477,13 +491,9 @@ def quantize_ort_int8(
     proto = onnx.load(str(fp32_path))
     plan = onnx_scope_plan(proto, graph, conv_map)
     if not plan["convs_quantized"]:
-        raise TargetError(
-            "no calibrated quantized conv found in the graph: run insert_fake_quant and calibrate first"
-        )
+        raise TargetError("no calibrated quantized conv found in the graph: run insert_fake_quant and calibrate first")
     overrides, conflicts = (
-        activation_overrides(proto, graph, conv_map, plan["convs_quantized"])
-        if use_torch_ranges
-        else ({}, [])
+        activation_overrides(proto, graph, conv_map, plan["convs_quantized"]) if use_torch_ranges else ({}, [])
     )
     op_types = sorted({n.op_type for n in proto.graph.node if n.name in set(plan["nodes_to_quantize"])})
     out = Path(out_path)
@@ -537,9 +547,7 @@ def quantize_ort_int8(
                     calibration_cache_path=str(cache),
                 )
         except Exception as err:
-            raise TargetError(
-                f"ONNX Runtime quantization failed: {type(err).__name__}: {str(err)[:300]}"
-            ) from err
+            raise TargetError(f"ONNX Runtime quantization failed: {type(err).__name__}: {str(err)[:300]}") from err
         finally:
             logging.getLogger().setLevel(level)
         qproto = onnx.load(str(Path(tmp) / "qdq.onnx"))
@@ -551,8 +559,7 @@ def quantize_ort_int8(
         "format": "QDQ",
         "activations": "uint8 asymmetric (per tensor)",
         "weights": "int8 symmetric per channel (axis 0)",
-        "ort_calibration": method.name
-        + (f" ({percentile}%)" if method == CalibrationMethod.Percentile else ""),
+        "ort_calibration": method.name + (f" ({percentile}%)" if method == CalibrationMethod.Percentile else ""),
         "ort_calibration_note": (
             "conv inputs use the torch quantizers' scale/zero point (TensorQuantOverrides); ORT calibrates "
             "only the other tensors its integer kernels need"
