@@ -160,7 +160,7 @@ COLUMNS = [
     ("peak RSS MiB", "peak_rss_mb", "{:.0f}"),
     ("model.onnx MB", "file_mb", "{:.2f}"),
     ("student weights MB", "student_mb", "{:.2f}"),
-    ("student vs FP32", "student_ratio", "{:.1%}"),
+    ("student vs FP32", "student_ratio", "{:.2%}"),
     ("integer convs", "int_convs", ""),
     ("params M (student)", "params_label", ""),
     ("GMACs (student)", "macs_label", ""),

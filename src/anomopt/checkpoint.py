@@ -78,6 +78,7 @@ def load_checkpoint(
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit model {name!r}: {' '.join(str(err).split())[:200]}") from None
+        detail = " ".join(str(err).split())[:200]  # torch's message spans lines; the CLI prints one
+        raise CheckpointError(f"{path}: weights do not fit model {name!r}: {detail}") from None
     model.eval()
     return model, payload
