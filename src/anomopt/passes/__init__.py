@@ -8,10 +8,11 @@ from anomopt.passes.gate import AccuracyGate
 from anomopt.passes.manager import PassManager, PipelineReport
 from anomopt.passes.mixed_precision import AutoMixedPrecision
 from anomopt.passes.pipeline import Pipeline, available_pipelines, load_pipeline, pipeline_path
+from anomopt.passes.prune import Prune
 from anomopt.passes.qat import QATFineTune
 from anomopt.passes.registry import PASS_REGISTRY, register_pass, resolve_pass
 
-for _cls in (FoldBatchNorm, InsertFakeQuant, Calibrate, AutoMixedPrecision, QATFineTune, AccuracyGate):
+for _cls in (FoldBatchNorm, Prune, InsertFakeQuant, Calibrate, AutoMixedPrecision, QATFineTune, AccuracyGate):
     register_pass(_cls)
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "PassContext",
     "PassManager",
     "Pipeline",
+    "Prune",
     "PipelineReport",
     "QATFineTune",
     "Tolerance",
