@@ -74,9 +74,7 @@ def _model(name: str, args: argparse.Namespace) -> tuple[Any, str]:
     return model, "untrained student(s) + pretrained EfficientNet-Lite0 teacher"
 
 
-def bench_model(
-    name: str, args: argparse.Namespace, calib: torch.Tensor, work: Path
-) -> tuple[list[dict], str]:
+def bench_model(name: str, args: argparse.Namespace, calib: torch.Tensor, work: Path) -> tuple[list[dict], str]:
     """Lower ``name`` three (four) ways and time every variant; returns table rows and the weights note."""
     model, weights = _model(name, args)
     size = model.config.image_size
@@ -184,9 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-seconds", type=float, default=60.0, help="cap per timing loop (min 10 runs)")
     parser.add_argument("--checkpoint-dir", default=None, help="folder with stfpm.pt / rd.pt / us.pt")
-    parser.add_argument(
-        "--calib-data", default=None, help="MVTec-layout root (default: ../shared/data/realdev)"
-    )
+    parser.add_argument("--calib-data", default=None, help="MVTec-layout root (default: ../shared/data/realdev)")
     parser.add_argument("--calib-category", default="metal_plate")
     parser.add_argument("--calib-samples", type=int, default=64)
     parser.add_argument("--no-scope-all", action="store_true", help="skip the teacher-quantized INT8 row")
@@ -244,9 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     section = "\n".join(lines)
     print(section)
     if not args.no_write:
-        previous = (
-            RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n\nOnly measured numbers.\n"
-        )
+        previous = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n\nOnly measured numbers.\n"
         RESULTS.write_text(previous.rstrip("\n") + "\n\n" + section)
         print(f"appended to {RESULTS}", file=sys.stderr)
     return 0

@@ -95,9 +95,7 @@ def test_shipped_pipeline_runs_end_to_end(optimized, artifact):
     assert student["integer"] >= 0.9 * (student["integer"] + student["float"])
     assert {p.name for p in artifact.iterdir()} == {"model.onnx", "meta.json", "report.json"}
     meta = json.loads((artifact / "meta.json").read_text())
-    assert (
-        meta["precision"] == "int8" and meta["model"] == "stfpm" and meta["backbone"] == "efficientnet_lite0"
-    )
+    assert meta["precision"] == "int8" and meta["model"] == "stfpm" and meta["backbone"] == "efficientnet_lite0"
     assert meta["input"] == {
         "name": "images",
         "shape": ["N", 3, SIZE, SIZE],
@@ -242,14 +240,10 @@ def test_predictor_runs_without_torch(artifact, predictor, tmp_path):
         """
     )
     env = dict(os.environ, PYTHONPATH=str(SRC))
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
-    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    want = [
-        [o.score, o.normalized_score, o.is_anomalous] for o in predictor.predict(images, category="screw")
-    ]
+    want = [[o.score, o.normalized_score, o.is_anomalous] for o in predictor.predict(images, category="screw")]
     assert got == want
 
 

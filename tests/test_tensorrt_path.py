@@ -83,9 +83,7 @@ def test_qdq_onnx_runs_in_onnxruntime_like_torch(trt_graph, qdq_path):
     x = torch.rand(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         ref_s, ref_m = trt_graph.model(x)
-    s, m = ort.InferenceSession(str(qdq_path), providers=["CPUExecutionProvider"]).run(
-        None, {"images": x.numpy()}
-    )
+    s, m = ort.InferenceSession(str(qdq_path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})
     # same int8 grid; differences are rounding of ties and accumulation order (measured ~1e-3)
     assert relative_l2(s, ref_s.numpy()) < 2e-2
     assert relative_l2(m, ref_m.numpy()) < 2e-2
@@ -139,11 +137,7 @@ def test_trtexec_commands():
         "--shapes=images:1x3x256x256",
     ]
     implicit = trt.trtexec_command(precision="int8", calib_cache="calib.cache", image_size=128)
-    assert (
-        "--int8" in implicit
-        and "--calib=calib.cache" in implicit
-        and "--shapes=images:1x3x128x128" in implicit
-    )
+    assert "--int8" in implicit and "--calib=calib.cache" in implicit and "--shapes=images:1x3x128x128" in implicit
     fp16 = trt.trtexec_command(precision="fp16")
     assert "--fp16" in fp16 and "--int8" not in fp16
     dla = trt.trtexec_command(precision="int8", dla_core=1, workspace_mib=512)

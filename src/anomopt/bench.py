@@ -132,11 +132,7 @@ def onnx_conv_macs(path: str | os.PathLike[str]) -> dict[str, int]:
         if n.op_type != "Conv":
             continue
         w = n.input[1]
-        while (
-            w not in inits
-            and w in producers
-            and producers[w].op_type in ("DequantizeLinear", "QuantizeLinear")
-        ):
+        while w not in inits and w in producers and producers[w].op_type in ("DequantizeLinear", "QuantizeLinear"):
             w = producers[w].input[0]
         wshape = inits.get(w)
         out = shapes.get(n.output[0])
@@ -298,9 +294,7 @@ def measure_tensorrt(
 
 def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     kind = spec["backend"]
-    common = {
-        k: spec[k] for k in ("image_size", "threads", "warmup", "iters", "batch", "batch_iters") if k in spec
-    }
+    common = {k: spec[k] for k in ("image_size", "threads", "warmup", "iters", "batch", "batch_iters") if k in spec}
     if kind == "ort":
         return measure_ort(spec["path"], **common)
     if kind == "trt":

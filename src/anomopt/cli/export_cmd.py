@@ -38,9 +38,7 @@ def register(subparsers: Any) -> None:
     export.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint written by 'anomopt train'")
     export.add_argument("--target", default="cpu", help="cpu | xavier_nx | orin (default: cpu)")
     export.add_argument("--bits", type=_bits, default=8, help="8, 16 or 32 (default: 8)")
-    export.add_argument(
-        "--out", required=True, metavar="DIR", help="artifact folder to write (replaced atomically)"
-    )
+    export.add_argument("--out", required=True, metavar="DIR", help="artifact folder to write (replaced atomically)")
     export.add_argument(
         "--calib-data",
         metavar="DIR",
@@ -57,8 +55,7 @@ def register(subparsers: Any) -> None:
         "--calib-source",
         choices=("train", "noise", "mixed"),
         default="train",
-        help="calibration images: normal training images, random-normal noise, or half of each "
-        "(default: train)",
+        help="calibration images: normal training images, random-normal noise, or half of each (default: train)",
     )
     export.add_argument(
         "--calib-method",
@@ -66,12 +63,8 @@ def register(subparsers: Any) -> None:
         default=None,
         help="activation range method (default: the pipeline's: percentile for cpu, entropy for Jetson)",
     )
-    export.add_argument(
-        "--calib-samples", type=int, default=64, metavar="N", help="calibration images (default: 64)"
-    )
-    export.add_argument(
-        "--pipeline", metavar="TOML", help="your own pass pipeline instead of the shipped one"
-    )
+    export.add_argument("--calib-samples", type=int, default=64, metavar="N", help="calibration images (default: 64)")
+    export.add_argument("--pipeline", metavar="TOML", help="your own pass pipeline instead of the shipped one")
     export.add_argument("--variant", default=None, help="shipped pipeline variant, e.g. 'qat' (cpu-int8-qat)")
     export.add_argument(
         "--dla-core",
@@ -125,15 +118,11 @@ def _calibration_set(args: argparse.Namespace, image_size: int, categories: list
     if args.calib_source == "noise" and not args.calib_data:
         return None
     if not args.calib_data:
-        raise ConfigError(
-            "--calib-data DIR is required (normal training images), or use --calib-source noise"
-        )
+        raise ConfigError("--calib-data DIR is required (normal training images), or use --calib-source noise")
     from anomopt.data import load_mvtec
 
     cats: Any = (
-        [c.strip() for c in args.categories.split(",") if c.strip()]
-        if args.categories
-        else (categories or "all")
+        [c.strip() for c in args.categories.split(",") if c.strip()] if args.categories else (categories or "all")
     )
     return load_mvtec(args.calib_data, cats, split="train", image_size=image_size)
 
@@ -205,9 +194,7 @@ def run_bench(args: argparse.Namespace) -> int:
         meta = read_meta(path)
         size = int(meta["image_size"])
         row = run_isolated({"backend": "ort", "path": str(path / "model.onnx"), "image_size": size, **common})
-        rows.append(
-            {"name": f"{meta['model']} {meta['precision'].upper()} ORT ({meta['target']} artifact)", **row}
-        )
+        rows.append({"name": f"{meta['model']} {meta['precision'].upper()} ORT ({meta['target']} artifact)", **row})
     elif path.is_file():
         rows = _bench_checkpoint(path, args, common)
     else:

@@ -85,9 +85,7 @@ def make_session(
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
     available = ort.get_available_providers()
-    chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or [
-        "CPUExecutionProvider"
-    ]
+    chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
     return ort.InferenceSession(str(path), so, providers=chosen)
 
 
@@ -146,9 +144,7 @@ def read_meta(artifact_dir: str | os.PathLike[str], verify: bool = True) -> dict
     if not root.is_dir():
         raise CheckpointError(f"{root}: artifact folder not found")
     if not meta_path.is_file():
-        raise CheckpointError(
-            f"{meta_path}: missing; an anomopt artifact folder holds {META_FILE} and {MODEL_FILE}"
-        )
+        raise CheckpointError(f"{meta_path}: missing; an anomopt artifact folder holds {META_FILE} and {MODEL_FILE}")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -159,18 +155,14 @@ def read_meta(artifact_dir: str | os.PathLike[str], verify: bool = True) -> dict
         if key not in meta:
             raise CheckpointError(f"{meta_path}: field '{key}' is missing")
     if meta["format"] != ARTIFACT_FORMAT:
-        raise CheckpointError(
-            f"{meta_path}: field 'format' is {meta['format']!r}, expected {ARTIFACT_FORMAT!r}"
-        )
+        raise CheckpointError(f"{meta_path}: field 'format' is {meta['format']!r}, expected {ARTIFACT_FORMAT!r}")
     if meta["format_version"] != ARTIFACT_FORMAT_VERSION:
         raise CheckpointError(
             f"{meta_path}: field 'format_version' is {meta['format_version']!r}; this anomopt reads "
             f"version {ARTIFACT_FORMAT_VERSION}"
         )
     if meta["precision"] not in PRECISIONS:
-        raise CheckpointError(
-            f"{meta_path}: field 'precision' is {meta['precision']!r}, expected one of {PRECISIONS}"
-        )
+        raise CheckpointError(f"{meta_path}: field 'precision' is {meta['precision']!r}, expected one of {PRECISIONS}")
     size = meta["image_size"]
     if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
         raise CheckpointError(f"{meta_path}: field 'image_size' must be a positive integer, not {size!r}")
@@ -183,9 +175,7 @@ def read_meta(artifact_dir: str | os.PathLike[str], verify: bool = True) -> dict
             f"(expected [N, 3, {size}, {size}])"
         )
     if not isinstance(meta["normalization"], dict):
-        raise CheckpointError(
-            f"{meta_path}: field 'normalization' must be an object (category -> statistics)"
-        )
+        raise CheckpointError(f"{meta_path}: field 'normalization' must be an object (category -> statistics)")
     for cat, entry in meta["normalization"].items():
         if not isinstance(entry, dict) or not {"score_mean", "score_std"} <= set(entry):
             raise CheckpointError(f"{meta_path}: field 'normalization.{cat}' needs score_mean and score_std")
@@ -203,8 +193,7 @@ def read_meta(artifact_dir: str | os.PathLike[str], verify: bool = True) -> dict
         if verify:
             if path.stat().st_size != info.get("bytes", path.stat().st_size):
                 raise CheckpointError(
-                    f"{path}: size {path.stat().st_size} bytes differs from "
-                    f"'files.{name}.bytes' in {META_FILE}"
+                    f"{path}: size {path.stat().st_size} bytes differs from 'files.{name}.bytes' in {META_FILE}"
                 )
             digest = sha256_file(path)
             if digest != info["sha256"]:
@@ -272,9 +261,7 @@ class Predictor:
         if isinstance(images, (list, tuple)):
             parts = [self._prepare(np.asarray(im))[0] for im in images]
             return (
-                np.concatenate(parts)
-                if parts
-                else np.zeros((0, 3, self.image_size, self.image_size), np.float32)
+                np.concatenate(parts) if parts else np.zeros((0, 3, self.image_size, self.image_size), np.float32)
             ), True
         arr = np.asarray(images)
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or arr.dtype == np.uint8):

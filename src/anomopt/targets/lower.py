@@ -120,9 +120,7 @@ def lower_graph(
                 ranges = trt.calibration_ranges(
                     out / MODEL_FILE, calib_images, roles=roles, num_bins=int(opts.get("cache_bins", 512))
                 )
-                trt.write_calibration_cache(
-                    out / "calib.cache", ranges, version=trt.cache_version(target.trt_version)
-                )
+                trt.write_calibration_cache(out / "calib.cache", ranges, version=trt.cache_version(target.trt_version))
                 calib_file = "calib.cache"
                 record["files"].append(calib_file)
                 record["quantization"] = "implicit (calibration cache)"
@@ -184,9 +182,7 @@ class Lower(Pass):
             out = Path(tempfile.mkdtemp(prefix=f"anomopt-{ctx.target.name}-{precision_name(ctx.bits)}-"))
         record = lower_graph(graph, ctx.target, ctx.bits, out, ctx.calib_images, self.options)
         graph.meta["artifact"] = record
-        graph.runner = OnnxRunner(
-            record["model"], threads=self.options.get("threads"), description=record["runner"]
-        )
+        graph.runner = OnnxRunner(record["model"], threads=self.options.get("threads"), description=record["runner"])
         graph.meta["last_pass_notes"] = {
             "artifact": record["dir"],
             "precision": record["precision"],

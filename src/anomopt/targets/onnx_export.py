@@ -101,9 +101,7 @@ def export_onnx(
         raise TargetError("cannot tell the model's input size; pass image_size=")
     quantizers = fake_quantizers(model)
     if fake_quant and not any(q.enabled and bool(q.calibrated) for q in quantizers):
-        raise TargetError(
-            "fake_quant=True export needs calibrated fake quantizers (run insert_fake_quant + calibrate)"
-        )
+        raise TargetError("fake_quant=True export needs calibrated fake quantizers (run insert_fake_quant + calibrate)")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     example = torch.rand(1, 3, size, size)
@@ -134,9 +132,7 @@ def export_onnx(
         proto, notes = clean_onnx(proto)
     onnx.save(proto, str(out))
     conv_map = conv_module_map(proto, model)
-    return OnnxExport(
-        path=out, opset=opset, fake_quant=fake_quant, image_size=size, conv_map=conv_map, notes=notes
-    )
+    return OnnxExport(path=out, opset=opset, fake_quant=fake_quant, image_size=size, conv_map=conv_map, notes=notes)
 
 
 def clean_onnx(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
@@ -275,12 +271,7 @@ def _separate_rank1_convs(graph: Any, rtol: float = 1e-6) -> int:
         if len(node.inputs) > 2 and node.inputs[2] is not None and getattr(node.inputs[2], "name", ""):
             continue
         w = np.asarray(node.inputs[1].values)
-        if (
-            w.ndim != 4
-            or w.shape[:2] != (1, 1)
-            or min(w.shape[2:]) < 3
-            or int(node.attrs.get("group", 1)) != 1
-        ):
+        if w.ndim != 4 or w.shape[:2] != (1, 1) or min(w.shape[2:]) < 3 or int(node.attrs.get("group", 1)) != 1:
             continue
         if any(int(d) != 1 for d in node.attrs.get("dilations", [1, 1])):
             continue
@@ -434,11 +425,7 @@ def initializer_bytes_by_role(proto: onnx.ModelProto) -> dict[str, int]:
         out: set[str] = set()
         for c in consumers.get(tensor, []):
             role = role_of_onnx_name(c.name)
-            if (
-                role == "other"
-                and c.op_type in ("DequantizeLinear", "QuantizeLinear", "Identity")
-                and depth < 4
-            ):
+            if role == "other" and c.op_type in ("DequantizeLinear", "QuantizeLinear", "Identity") and depth < 4:
                 out |= roles_of(c.output[0], depth + 1)
             else:
                 out.add(role)

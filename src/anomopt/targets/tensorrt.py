@@ -64,9 +64,7 @@ def check_symmetric_int8(model: Any) -> None:
     """Raise unless every enabled quantizer is calibrated, symmetric and 8-bit (what TensorRT runs)."""
     active = [q for q in fake_quantizers(model) if q.enabled]
     if not active:
-        raise TargetError(
-            "no fake quantizers: run insert_fake_quant and calibrate before the TensorRT INT8 export"
-        )
+        raise TargetError("no fake quantizers: run insert_fake_quant and calibrate before the TensorRT INT8 export")
     for q in active:
         if not bool(q.calibrated):
             raise TargetError("a fake quantizer is not calibrated: run the calibrate pass first")
@@ -89,8 +87,7 @@ def export_qdq_onnx(graph: Any, path: str | os.PathLike[str], opset: int = 17) -
         raise TargetError(f"{exported.path}: the export holds no Q/DQ pairs ({info})")
     if info["asymmetric"]:
         raise TargetError(
-            f"{exported.path}: non-zero zero points in {info['asymmetric'][:3]}: "
-            "TensorRT needs symmetric int8"
+            f"{exported.path}: non-zero zero points in {info['asymmetric'][:3]}: TensorRT needs symmetric int8"
         )
     exported.notes.update(info)
     return exported
@@ -123,9 +120,7 @@ def qdq_summary(proto: onnx.ModelProto) -> dict[str, Any]:
     for n in dq:
         src = n.input[0]
         if src in inits or (
-            src in producers
-            and producers[src].op_type == "QuantizeLinear"
-            and producers[src].input[0] in inits
+            src in producers and producers[src].op_type == "QuantizeLinear" and producers[src].input[0] in inits
         ):
             weight_dq += 1
             axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
@@ -310,8 +305,7 @@ def write_build_script(folder: str | os.PathLike[str], command: Sequence[str]) -
 def _tensorrt_missing(command: Sequence[str]) -> TargetError:
     return TargetError(
         "TensorRT is not installed here (import tensorrt failed); build the engine on the Jetson "
-        "(JetPack ships TensorRT) from the artifact folder with:\n  "
-        + " ".join(shlex.quote(a) for a in command)
+        "(JetPack ships TensorRT) from the artifact folder with:\n  " + " ".join(shlex.quote(a) for a in command)
     )
 
 
@@ -404,9 +398,7 @@ def _cache_calibrator(trt: Any, cache: Path) -> Any:
 # --------------------------------------------------------------------------------------- torch-tensorrt
 
 
-def lower_torch_tensorrt(
-    graph: Any, precision: str = "fp16", image_size: int | None = None, batch: int = 1
-) -> Any:
+def lower_torch_tensorrt(graph: Any, precision: str = "fp16", image_size: int | None = None, batch: int = 1) -> Any:
     """Compile the graph's torch model with ``torch_tensorrt`` (on a CUDA device); returns the module.
 
     INT8 goes through the QDQ ONNX path instead: torch-tensorrt's INT8 needs NVIDIA ModelOpt quantizers.
