@@ -169,6 +169,8 @@ def optimize(
             )
         else:
             held = build_calibration_images("noise", None, HELD_IMAGES, size, work.config.backbone, seed + 1)
+    if calib is None and bits == 32:
+        calib_source = "noise"  # FP32 needs no calibration: noise only feeds lowering's checks
     calib_images = build_calibration_images(
         calib_source, calib, calib_samples, size, work.config.backbone, seed, reserve
     )
