@@ -71,9 +71,7 @@ class ToyKD(KDModel):
 
     def distances(self, t, s):
         return [
-            (nn.functional.normalize(a, dim=1) - nn.functional.normalize(b, dim=1))
-            .pow(2)
-            .sum(1, keepdim=True)
+            (nn.functional.normalize(a, dim=1) - nn.functional.normalize(b, dim=1)).pow(2).sum(1, keepdim=True)
             for a, b in zip(t, s)
         ]
 
@@ -101,6 +99,21 @@ class ImageList(torch.utils.data.Dataset):
             "category": self.category,
             "path": f"#{i}",
         }
+
+
+def sgd_step_gradients(seed: int = 7) -> dict[str, torch.Tensor]:
+    """The student gradient implied by one SGD step of ``train_model`` on a fixed batch of 8 toy images
+    (``(w0 - w1) / lr``); under torchrun each process takes its shard of the same batch."""
+    from anomopt.train import TrainConfig, train_model
+
+    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    model = ToyKD(seed=0, student_bn=False)
+    before = {k: v.clone() for k, v in model.student.state_dict().items()}
+    cfg = TrainConfig(
+        epochs=1, batch_size=8, lr=0.5, weight_decay=0.0, optimizer="sgd", precision="fp32", progress=False, seed=3
+    )
+    train_model(model, ImageList(images), cfg)
+    return {k: (before[k] - v) / cfg.lr for k, v in model.student.state_dict().items()}
 
 
 @pytest.fixture

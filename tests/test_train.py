@@ -15,7 +15,7 @@ from anomopt.errors import CheckpointError, ConfigError, WeightsNotFoundError
 from anomopt.models import build_model
 from anomopt.models.backbones import create_feature_extractor
 from anomopt.train import TrainConfig, train_model
-from conftest import ImageList, ToyKD
+from conftest import ImageList, ToyKD, sgd_step_gradients
 
 
 def _images(n: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -130,21 +130,7 @@ def test_ddp_gradients_match_single_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     ddp = torch.load(out, weights_only=True)
 
-    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(7))
-    model = ToyKD(seed=0, student_bn=False)
-    before = {k: v.clone() for k, v in model.student.state_dict().items()}
-    cfg = TrainConfig(
-        epochs=1,
-        batch_size=8,
-        lr=0.5,
-        weight_decay=0.0,
-        optimizer="sgd",
-        precision="fp32",
-        progress=False,
-        seed=3,
-    )
-    train_model(model, ImageList(images), cfg)
-    single = {k: (before[k] - v) / 0.5 for k, v in model.student.state_dict().items()}
+    single = sgd_step_gradients()
     assert set(ddp) == set(single)
     for k in single:
         assert single[k].abs().max() > 0, k

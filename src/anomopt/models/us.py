@@ -192,6 +192,17 @@ def _augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch
     return out
 
 
+def _compactness(desc: torch.Tensor) -> torch.Tensor:
+    """The paper's descriptor compactness loss: off-diagonal correlations of the descriptor channels
+    (here their mean square), so the descriptor spreads its information over all its dimensions."""
+    flat = desc.transpose(0, 1).reshape(desc.shape[1], -1)
+    flat = flat - flat.mean(dim=1, keepdim=True)
+    flat = flat / (flat.norm(dim=1, keepdim=True) + 1e-6)
+    corr = flat @ flat.T
+    off = corr - torch.diag(corr.diagonal())
+    return off.pow(2).sum() / (corr.shape[0] * (corr.shape[0] - 1))
+
+
 class UninformedStudents(KDModel):
     """Uninformed Students: descriptor teachers per patch size and a 3-student ensemble for each."""
 
@@ -206,6 +217,7 @@ class UninformedStudents(KDModel):
         self.patches = tuple(int(p) for p in ([patches] if isinstance(patches, int) else patches))
         self.augment = bool(extra.get("teacher_augment", True))
         self.whiten = bool(extra.get("whiten", True))
+        self.compactness = float(extra.get("compactness", 0.0))
         self.shrink = float(extra.get("whiten_shrink", 1e-3))
         self.backbone = freeze(Teacher(self.config.backbone, pretrained, weights))
         channels = feature_channels(self.config.backbone)
@@ -345,6 +357,8 @@ class UninformedStudents(KDModel):
         for raw, project in zip(self.teacher.raw(x), self.teacher.project, strict=True):
             pred = project(raw)
             loss = loss + (pred.float() - target).pow(2).mean()
+            if self.compactness > 0:
+                loss = loss + self.compactness * _compactness(raw.float())
         return loss
 
     def distillation_loss(self, x: torch.Tensor, targets: list[torch.Tensor] | None = None) -> torch.Tensor:
