@@ -106,6 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: 128 px, 1 epoch, 2 ratios, few images")
     p.add_argument("--no-append", action="store_true", help="print the table, do not touch RESULTS.md")
     p.add_argument("--checkpoint-dir", default=None, help="cache of trained models (default: work dir)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows in the work dir's rows.json and measure only what is missing")
     p.add_argument("--remeasure", action="store_true",
                    help="only re-measure the latency of the artifacts in the work dir's rows.json and report")
     args = p.parse_args(argv)
@@ -278,7 +280,14 @@ def trained_model(dataset: str, name: str, train: Dataset, val: Dataset, args: a
     return model.eval()
 
 
-def run_dataset(dataset: str, args: argparse.Namespace, rows: list[Row]) -> str:
+def save_rows(args: argparse.Namespace, rows: list[Row], roots: list[str]) -> None:
+    """Write every row measured so far (a killed run resumes from here with --resume)."""
+    path = Path(args.work_dir) / "rows.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"rows": [asdict(r) for r in rows], "roots": roots}, indent=1), encoding="utf-8")
+
+
+def run_dataset(dataset: str, args: argparse.Namespace, rows: list[Row], roots: list[str]) -> str:
     train, val, test, root = load_splits(dataset, args)
     print(f"[{dataset}] {root}: {len(train)} train, {len(val)} val, {len(test)} test at {args.image_size} px",
           flush=True)
@@ -289,6 +298,9 @@ def run_dataset(dataset: str, args: argparse.Namespace, rows: list[Row]) -> str:
         model = trained_model(dataset, name, train, val, args)
         ratios = [float(r) for r in args.ratios.split(",")]
         for ratio in ([-1.0] if args.baseline else []) + ratios:
+            done = {r.precision for r in rows if (r.dataset, r.model, r.ratio) == (dataset, name, ratio)}
+            if done >= {"FP32", "INT8"}:
+                continue  # measured before this run was resumed
             work = Path(args.work_dir) / dataset / name / f"r{ratio:g}"
             work.mkdir(parents=True, exist_ok=True)
             t0 = time.perf_counter()
@@ -308,6 +320,7 @@ def run_dataset(dataset: str, args: argparse.Namespace, rows: list[Row]) -> str:
                 print(f"[{dataset}] {name} ratio {ratio:g} {r.precision}: {r.student_params / 1e6:.3f}M "
                       f"student params, {r.artifact_mb:.2f} MB, image AUROC {r.image_auroc:.3f}, pixel AUROC "
                       f"{r.pixel_auroc:.3f} (channels kept {notes.get('channels_kept')})", flush=True)
+            save_rows(args, rows, [*dict.fromkeys([*roots, root])])
     return root
 
 
@@ -399,25 +412,23 @@ def main(argv: list[str] | None = None) -> int:
     rows_file = Path(args.work_dir) / "rows.json"
     rows: list[Row] = []
     roots = []
-    if args.remeasure:
+    if (args.remeasure or args.resume) and rows_file.is_file():
         saved = json.loads(rows_file.read_text(encoding="utf-8"))
         rows = [Row(**r) for r in saved["rows"]]
-        roots = saved["roots"]
-    else:
+        roots = list(saved["roots"])
+    if not args.remeasure:
         for dataset in args.datasets.split(","):
             try:
-                roots.append(run_dataset(dataset, args, rows))
+                root = run_dataset(dataset, args, rows, roots)
+                roots = [*dict.fromkeys([*roots, root])]
             except FileNotFoundError as err:
                 print(f"[{dataset}] skipped: {err}", flush=True)
-            rows_file.write_text(json.dumps({"rows": [asdict(r) for r in rows], "roots": roots}, indent=1),
-                                 encoding="utf-8")
     if not rows:
         print("nothing measured")
         return 1
     print(f"measuring latency of {len(rows)} artifacts in {args.latency_rounds} rounds", flush=True)
     measure_latencies(rows, args)
-    rows_file.write_text(json.dumps({"rows": [asdict(r) for r in rows], "roots": roots}, indent=1),
-                         encoding="utf-8")
+    save_rows(args, rows, roots)
     print(table(rows))
     plot(rows, Path(args.plot))
     if not args.no_append:
