@@ -275,7 +275,7 @@ def _train_or_load(dataset: str, name: str, mode: str, category: str, splits: Sp
 
 @dataclass(frozen=True)
 class Variant:
-    """One deployable form of a trained model: FP32, PTQ INT8 or QAT INT8."""
+    """One deployable form of a trained model: FP32, PTQ INT8 or QAT INT8 (None: the run's default)."""
 
     name: str
     bits: int = 8
@@ -284,6 +284,9 @@ class Variant:
     scope: str = "student"  # student | all
     qat: bool = False
     percentile: float = 99.99
+    calib_samples: int | None = None
+    qat_epochs: int | None = None
+    qat_lr: float | None = None
 
     def describe(self) -> str:
         if self.bits == 32:
@@ -292,10 +295,30 @@ class Variant:
         extra = f" {self.percentile:g}" if self.method == "percentile" else ""
         return f"{kind} INT8 ({self.method}{extra}, {self.source} calib, {self.scope})"
 
-    def key(self) -> str:
+    def settings(self, args: argparse.Namespace) -> dict[str, Any]:
+        """Calibration sample count and QAT schedule, the variant's own or the run's."""
+        return {"calib": self.calib_samples or args.calib_images,
+                "qat_epochs": self.qat_epochs or args.qat_epochs, "qat_lr": self.qat_lr or args.qat_lr}
+
+    def key(self, args: argparse.Namespace) -> str:
+        """Everything that determines the artifact besides the trained model."""
         if self.bits == 32:
             return "fp32"
-        return (f"{'qat' if self.qat else 'ptq'}-{self.method}-{self.percentile:g}-{self.source}-{self.scope}")
+        s = self.settings(args)
+        key = f"{'qat' if self.qat else 'ptq'}-{self.method}-{self.percentile:g}-{self.source}-{self.scope}"
+        key += f"|calib{s['calib']}"
+        return key + (f"|qat{s['qat_epochs']}x{s['qat_lr']:g}" if self.qat else "")
+
+
+def _migrate_key(key: str) -> str:
+    """Keys of the first runs carried the calibration count and QAT schedule for every variant."""
+    parts = key.split("|")
+    if len(parts) != 4 or not parts[3].startswith("qat"):
+        return key
+    trained, vkey, calib, qat = parts
+    if vkey == "fp32":
+        return f"{trained}|fp32"
+    return "|".join([trained, vkey, calib] + ([qat] if vkey.startswith("qat") else []))
 
 
 FP32 = Variant("fp32", bits=32)
@@ -321,11 +344,12 @@ def build_variant(trained: Trained, variant: Variant, pool: torch.Tensor, work: 
         options["insert_fake_quant"] = {"scope": variant.scope}
         options["calibrate"] = {"method": variant.method, "percentile": variant.percentile}
         if variant.qat:
-            options["qat_finetune"] = {"epochs": args.qat_epochs, "lr": args.qat_lr}
+            settings = variant.settings(args)
+            options["qat_finetune"] = {"epochs": settings["qat_epochs"], "lr": settings["qat_lr"]}
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     om = optimize(trained.model, "cpu", variant.bits, calib=pool, passes=str(pipeline), tolerance=NO_DRIFT_LIMIT,
-                  calib_source=variant.source, calib_samples=args.calib_images, pass_options=options,
+                  calib_source=variant.source, calib_samples=variant.settings(args)["calib"], pass_options=options,
                   train=pool if variant.qat else None, workdir=work, seed=args.seed, progress=False)
     seconds = time.perf_counter() - t0
     artifact = om.graph.meta.get("artifact") or {}
@@ -353,6 +377,20 @@ def evaluate_artifact(path: Path, test: Dataset, threads: int) -> dict[str, dict
     return {cat: {m: float(e[m]) for m in METRICS} for cat, e in result["per_category"].items()}
 
 
+def output_drift(path: Path, reference: Path, test: Dataset, threads: int, n: int = 16) -> dict[str, float]:
+    """Relative L2 difference of scores and maps between two artifacts on ``n`` test images spread over
+    the split (how far INT8 moved the outputs from FP32)."""
+    idx = np.unique(np.linspace(0, len(test) - 1, n).astype(int))  # type: ignore[arg-type]
+    x = torch.stack([test[int(i)]["image"] for i in idx]).numpy().astype(np.float32)
+    (sa, ma), (sb, mb) = (make_session(p, threads=threads, spinning=False).run(None, {INPUT_NAME: x})
+                          for p in (path, reference))
+    return {"score": _rel_l2(sa, sb), "map": _rel_l2(ma, mb)}
+
+
+def _rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / max(float(np.linalg.norm(b)), 1e-12))
+
+
 def artifact_sizes(path: Path) -> dict[str, float]:
     """MB (2^20 bytes) of stored teacher / student / head weights and of the whole file."""
     return {k: v / 2**20 for k, v in onnx_weight_bytes(path).items()}
@@ -368,7 +406,7 @@ class Measurements:
     def __init__(self, args: argparse.Namespace) -> None:
         self.path = Path(args.work_dir) / "measurements.json"
         self.resume = bool(args.resume)
-        self.rows: dict[str, dict[str, Any]] = read_json(self.path, {})
+        self.rows: dict[str, dict[str, Any]] = {_migrate_key(k): v for k, v in read_json(self.path, {}).items()}
         self.fresh: set[str] = set()
 
     def get(self, key: str) -> dict[str, Any] | None:
@@ -387,19 +425,23 @@ def measure(store: Measurements, dataset: str, model: str, mode: str, category: 
 
     ``category`` is the one-class category or ``"unified"``; the row holds per-category metrics."""
     trained_key = model_key(dataset, model, mode, category, args)
-    key = f"{trained_key}|{variant.key()}|calib{args.calib_images}|qat{args.qat_epochs}x{args.qat_lr:g}"
+    key = f"{trained_key}|{variant.key(args)}"
     row = store.get(key)
     if row is not None:
+        if variant.bits == 8 and "drift" not in row:  # rows measured before drift was recorded
+            fp32 = measure(store, dataset, model, mode, category, splits, FP32, args, pool)
+            row["drift"] = output_drift(Path(row["artifact"]), Path(fp32["artifact"]), splits.test, args.ort_threads)
+            store.put(key, row)
         return row
     trained = trained_model(dataset, model, mode, category, splits, args)
     pool = calibration_pool(splits.train, args) if pool is None else pool
-    work = Path(args.work_dir) / "artifacts" / trained_key / variant.key()
+    work = Path(args.work_dir) / "artifacts" / trained_key / variant.key(args).replace("|", "_")
     path, info, seconds = build_variant(trained, variant, pool, work, args)
     t0 = time.perf_counter()
     metrics = evaluate_artifact(path, splits.test, args.ort_threads)
     row = {
         "dataset": dataset, "model": model, "mode": mode, "category": category, "variant": variant.name,
-        "variant_key": variant.key(), "describe": variant.describe(), "metrics": metrics,
+        "variant_key": variant.key(args), "describe": variant.describe(), "metrics": metrics,
         "mean": {m: float(np.nanmean([v[m] for v in metrics.values()])) for m in METRICS},
         "sizes_mb": artifact_sizes(path), "artifact": str(path), "optimize_seconds": seconds,
         "eval_seconds": time.perf_counter() - t0, "train_seconds": trained.train_seconds,
@@ -407,6 +449,9 @@ def measure(store: Measurements, dataset: str, model: str, mode: str, category: 
         "calibration": info["calibration"], "qat": info["qat"], "date": utc_now(),
         "onnx_params": onnx_parameters(path) if variant.bits == 32 else None,
     }
+    if variant.bits == 8:
+        fp32 = measure(store, dataset, model, mode, category, splits, FP32, args, pool)
+        row["drift"] = output_drift(path, Path(fp32["artifact"]), splits.test, args.ort_threads)
     store.put(key, row)
     mean = row["mean"]
     print(f"[{dataset}] {model} {mode} {category} {variant.describe()}: image AUROC {mean['image_auroc']:.3f}, "
@@ -507,6 +552,16 @@ def header_lines(title: str, args: argparse.Namespace, load_start: tuple[float, 
         *extra,
         "",
     ]
+
+
+def span_line(rows: list[dict[str, Any]]) -> str:
+    """When the rows of a table were measured and what they cost (rows may come from earlier runs)."""
+    dates = sorted(r["date"] for r in rows)
+    train = {(r["dataset"], r["model"], r["mode"], r["category"]): r["train_seconds"] for r in rows}
+    work = sum(r["optimize_seconds"] + r["eval_seconds"] for r in rows)
+    return (f"- rows measured {dates[0]} to {dates[-1]} (cached rows come from the grid's shared cache); "
+            f"{len(train)} trained models, {sum(train.values()) / 60:.1f} min of training; "
+            f"{len(rows)} variants, {work / 60:.1f} min of optimize + evaluation")
 
 
 def setup(args: argparse.Namespace) -> None:

@@ -34,8 +34,8 @@ MODE_NAMES = {"oneclass": "one-class", "unified": "unified"}
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="realdev", help="an MVTec-layout folder, or 'realdev' / 'synthetic'")
-    p.add_argument("--latency-runs", type=int, default=40)
-    p.add_argument("--latency-rounds", type=int, default=4)
+    p.add_argument("--latency-runs", type=int, default=100)
+    p.add_argument("--latency-rounds", type=int, default=5)
     gc.add_common_args(p)
     args = gc.apply_quick(p.parse_args(argv))
     if args.quick:
@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "pipelines passes/cpu-fp32.toml, cpu-int8.toml (student, per-channel weights, percentile 99.99), "
         "cpu-int8-qat.toml",
         "- sizes and latency: the unified artifacts; one-class models have the same architecture",
+        gc.span_line([r for rows in grid.values() for r in rows]),
     ]
     head = gc.header_lines(f"Paper grid on {dataset} (Tables 2-7)", args, load0, time.perf_counter() - t0,
                            [str(root)], extra)

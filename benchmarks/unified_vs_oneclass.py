@@ -80,7 +80,8 @@ def cost_table(rows: dict) -> str:
         ])
     head = ["data", "method", "epochs", "one-class models", "one-class train s (sum)", "one-class train images",
             "unified train s", "unified train images", "teacher params (M)", "student params (M)",
-            "trainable student params (M)", "params to deploy one-class (M)", "params to deploy unified (M)"]
+            "student params in torch (M, incl. blocks past the last tap)", "params to deploy one-class (M)",
+            "params to deploy unified (M)"]
     return ("**Training cost and size** (train seconds as recorded when each model was trained, 1 torch thread "
             "on a shared 2-core box; parameters of the layers that reach the outputs, from the FP32 ONNX)\n\n"
             + gc.md_table(head, lines))
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     load0, t0 = gc.load_now(), time.perf_counter()
     roots, rows = collect(args)
     extra = ["- one-class: one model per category, trained on that category's normal images; unified: one "
-             "model on the pooled, shuffled normal images of all categories; both evaluated per category"]
+             "model on the pooled, shuffled normal images of all categories; both evaluated per category",
+             gc.span_line([r for group in rows.values() for r in group])]
     head = gc.header_lines("Unified vs one-class (paper Table 2 on our data)", args, load0,
                            time.perf_counter() - t0, roots, extra)
     section = "\n".join(head) + "\n" + per_category_table(rows) + "\n\n" + cost_table(rows)
