@@ -8,9 +8,12 @@ so the data pipeline is off the critical path. Checkpoints are written atomicall
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,7 @@ class TrainConfig:
     weight_decay: float = 1e-5
     optimizer: str = "adam"  # adam | sgd
     seed: int = 0
-    precision: str = "auto"  # auto | bf16 | fp32
+    precision: str = "auto"  # auto | bf16 | mixed (bf16, depthwise convs in fp32) | fp32
     cache_features: bool = True
     checkpoint: str | None = None
     resume: bool = False
@@ -74,13 +77,39 @@ def bf16_supported() -> bool:
 
 def resolve_precision(precision: str, device: str) -> torch.dtype | None:
     """The autocast dtype for ``precision`` (None = full FP32)."""
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ConfigError(f"precision must be auto, bf16 or fp32, not {precision!r}")
+    if precision not in ("auto", "bf16", "mixed", "fp32"):
+        raise ConfigError(f"precision must be auto, bf16, mixed or fp32, not {precision!r}")
     if precision == "fp32":
         return None
-    if precision == "bf16" or (device == "cpu" and bf16_supported()) or device.startswith("cuda"):
+    if precision in ("bf16", "mixed") or (device == "cpu" and bf16_supported()) or device.startswith("cuda"):
         return torch.bfloat16
     return None
+
+
+def _fp32_forward(module: nn.Module, forward, x: torch.Tensor) -> torch.Tensor:
+    with torch.autocast(x.device.type, enabled=False):
+        return forward(module, x.float()).to(x.dtype)
+
+
+@contextlib.contextmanager
+def depthwise_in_fp32(model: nn.Module) -> Iterator[int]:
+    """Run ``model``'s depthwise convolutions in FP32 inside a bf16 autocast region (yields how many).
+
+    oneDNN's bf16 depthwise-convolution backward is several times slower than its FP32 one on CPUs, while
+    bf16 pointwise convolutions, BatchNorm and activations are faster: ``precision="mixed"`` keeps the
+    depthwise convolutions in FP32 (their output is cast back to the input's dtype). The instance
+    ``forward`` overrides are removed on exit, so the model is unchanged afterwards.
+    """
+    patched = [
+        m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+    ]
+    for m in patched:
+        m.forward = functools.partial(_fp32_forward, m, type(m).forward)  # type: ignore[method-assign]
+    try:
+        yield len(patched)
+    finally:
+        for m in patched:
+            m.__dict__.pop("forward", None)
 
 
 class _LossModule(nn.Module):
@@ -173,36 +202,38 @@ def train_model(
     bar = tqdm(
         total=(config.epochs - start_epoch) * steps, desc=f"train {model.config.model}", disable=not show
     )
-    for epoch in range(start_epoch, config.epochs):
-        model.set_epoch(epoch, config.epochs)
-        model.train()
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
-        epoch_loss = 0.0
-        for step in range(steps):
-            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            idx = idx[rank::world]  # each process takes its shard of the same global batch
-            x = (images[idx].float() / 255.0).contiguous(memory_format=torch.channels_last)
-            tg = [t[idx].float() for t in targets] if targets is not None else None
-            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-                loss = runner(x, tg)
-            optimizer.zero_grad(set_to_none=True)
-            loss.float().backward()
-            optimizer.step()
-            if not torch.isfinite(loss):
-                raise ConfigError(f"training diverged at epoch {epoch + 1} (loss {float(loss)}); lower --lr")
-            epoch_loss += float(loss.detach())
-            seen += len(idx) * world
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.4f}")
-        result.losses.append(epoch_loss / steps)
-        result.epochs_run += 1
-        if ckpt is not None and rank == 0:
-            save_checkpoint(
-                ckpt,
-                model,
-                categories,
-                training={"epoch": epoch + 1, "optimizer": optimizer.state_dict(), "losses": result.losses},
-            )
+    mixed = depthwise_in_fp32(model) if config.precision == "mixed" and dtype is not None else None
+    with mixed if mixed is not None else contextlib.nullcontext():
+        for epoch in range(start_epoch, config.epochs):
+            model.set_epoch(epoch, config.epochs)
+            model.train()
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+            epoch_loss = 0.0
+            for step in range(steps):
+                idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+                idx = idx[rank::world]  # each process takes its shard of the same global batch
+                x = (images[idx].float() / 255.0).contiguous(memory_format=torch.channels_last)
+                tg = [t[idx].float() for t in targets] if targets is not None else None
+                with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                    loss = runner(x, tg)
+                optimizer.zero_grad(set_to_none=True)
+                loss.float().backward()
+                optimizer.step()
+                if not torch.isfinite(loss):
+                    raise ConfigError(f"training diverged at epoch {epoch + 1} (loss {float(loss)}); lower --lr")
+                epoch_loss += float(loss.detach())
+                seen += len(idx) * world
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.4f}")
+            result.losses.append(epoch_loss / steps)
+            result.epochs_run += 1
+            if ckpt is not None and rank == 0:
+                save_checkpoint(
+                    ckpt,
+                    model,
+                    categories,
+                    training={"epoch": epoch + 1, "optimizer": optimizer.state_dict(), "losses": result.losses},
+                )
     bar.close()
     model.set_epoch(config.epochs, config.epochs)
     model.to(memory_format=torch.contiguous_format)
