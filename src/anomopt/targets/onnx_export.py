@@ -141,7 +141,7 @@ def clean_onnx(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]
 
     before = len(proto.graph.node)
     current = proto
-    fused = separated = 0
+    fused = 0
     for _ in range(8):  # folding exposes static shapes, which lets the next round fold more
         count = len(current.graph.node)
         graph = gs.import_onnx(onnx.shape_inference.infer_shapes(current))
@@ -151,7 +151,6 @@ def clean_onnx(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]
             graph.fold_constants(should_exclude_node=lambda node: node.op == "DequantizeLinear")
         graph.cleanup(remove_unused_graph_inputs=False)
         fused += _fuse_pad_into_conv(graph)
-        separated += _separate_rank1_convs(graph)
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         current = gs.export_onnx(graph)
         if len(current.graph.node) == count:
@@ -167,7 +166,6 @@ def clean_onnx(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]
         "nodes_before": before,
         "nodes_after": len(cleaned.graph.node),
         "pads_fused": fused,
-        "separable_convs": separated,
         "weight_quantizers_folded": weights_folded,
     }
 
@@ -257,60 +255,6 @@ def _fuse_pad_into_conv(graph: Any) -> int:
         pad.outputs.clear()
         fused += 1
     return fused
-
-
-def _separate_rank1_convs(graph: Any, rtol: float = 1e-6) -> int:
-    """Split single-channel convs with a rank-1 k x k kernel (the head's Gaussian blur) into a k x 1 and a
-    1 x k conv: the same result up to float rounding, with 2k instead of k*k multiply-adds per pixel."""
-    import onnx_graphsurgeon as gs
-
-    done = 0
-    for node in list(graph.nodes):
-        if node.op != "Conv" or len(node.inputs) < 2 or not isinstance(node.inputs[1], gs.Constant):
-            continue
-        if len(node.inputs) > 2 and node.inputs[2] is not None and getattr(node.inputs[2], "name", ""):
-            continue
-        w = np.asarray(node.inputs[1].values)
-        if w.ndim != 4 or w.shape[:2] != (1, 1) or min(w.shape[2:]) < 3 or int(node.attrs.get("group", 1)) != 1:
-            continue
-        if any(int(d) != 1 for d in node.attrs.get("dilations", [1, 1])):
-            continue
-        u, sv, vt = np.linalg.svd(w[0, 0].astype(np.float64))
-        if sv[0] <= 0 or (len(sv) > 1 and sv[1] > rtol * sv[0]):
-            continue
-        col = (u[:, 0] * np.sqrt(sv[0])).astype(np.float32)
-        row = (vt[0] * np.sqrt(sv[0])).astype(np.float32)
-        if col.sum() < 0:
-            col, row = -col, -row
-        pads = list(node.attrs.get("pads", [0, 0, 0, 0]))
-        strides = list(node.attrs.get("strides", [1, 1]))
-        mid = gs.Variable(f"{node.name}_rows_output", dtype=np.float32)
-        first = gs.Node(
-            "Conv",
-            f"{node.name}_rows",
-            attrs={
-                "pads": [pads[0], 0, pads[2], 0],
-                "strides": [strides[0], 1],
-                "kernel_shape": [len(col), 1],
-            },
-            inputs=[node.inputs[0], gs.Constant(f"{node.name}_w_rows", col.reshape(1, 1, -1, 1))],
-            outputs=[mid],
-        )
-        second = gs.Node(
-            "Conv",
-            f"{node.name}_cols",
-            attrs={
-                "pads": [0, pads[1], 0, pads[3]],
-                "strides": [1, strides[1]],
-                "kernel_shape": [1, len(row)],
-            },
-            inputs=[mid, gs.Constant(f"{node.name}_w_cols", row.reshape(1, 1, 1, -1))],
-            outputs=list(node.outputs),
-        )
-        node.outputs.clear()
-        graph.nodes.extend([first, second])
-        done += 1
-    return done
 
 
 def _module_name_from_scope(node_name: str) -> str | None:
