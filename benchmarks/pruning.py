@@ -6,7 +6,9 @@ pooled normal images of all categories (unified), then for every prune ratio run
 
 - FP32: the pruned model exported to ONNX;
 - INT8: the pruned model through the cpu-int8 pipeline (fold BN, fake-quant, percentile calibration,
-  lowering to ONNX Runtime QDQ INT8);
+  lowering to ONNX Runtime QDQ INT8) with the student quantized (the paper's scope);
+- INT8-all: the same with the teacher quantized too (``--scopes student,all``; the scope of the shipped
+  ``cpu-int8-prune`` pipeline);
 
 each with its inference parameters, MACs per image, ONNX artifact size, ONNX Runtime latency at batch 1
 (2 intra-op threads, median) and image / pixel AUROC (mean over categories) computed from the artifact's
@@ -54,6 +56,7 @@ from anomopt.targets.onnx_export import INPUT_NAME, export_onnx
 from anomopt.train import TrainConfig, train_model
 
 HERE = Path(__file__).resolve().parent
+PRECISIONS = {"student": "INT8", "all": "INT8-all"}  # quantization scope -> row label
 REALDEV = HERE.parent.parent / "shared" / "data" / "realdev"
 
 
@@ -87,6 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=10, help="training epochs of each unified model")
     p.add_argument("--finetune-epochs", type=int, default=2, help="prune pass fine-tune epochs")
     p.add_argument("--round-to", type=int, default=8)
+    p.add_argument("--scopes", default="student,all",
+                   help="quantization scopes of the INT8 rows: student (INT8) and/or all (INT8-all)")
     p.add_argument("--no-baseline", dest="baseline", action="store_false",
                    help="skip the unmodified model (no prune pass: dead backbone blocks still run)")
     p.add_argument("--max-train-per-category", type=int, default=200)
@@ -212,13 +217,15 @@ def aurocs(sess: ort.InferenceSession, test: Dataset) -> tuple[float, float]:
     return float(result["mean"]["image_auroc"]), float(result["mean"]["pixel_auroc"])
 
 
-def int8_artifact(model: torch.nn.Module, calib: torch.Tensor, work: Path) -> tuple[Path, Any]:
-    """The cpu-int8 pipeline on ``model``; returns the INT8 ONNX path and the optimized graph."""
+def int8_artifact(model: torch.nn.Module, calib: torch.Tensor, work: Path, scope: str = "student") -> tuple[Path, Any]:
+    """The cpu-int8 pipeline on ``model`` (quantization ``scope``: student | all); returns the INT8 ONNX
+    path and the optimized graph."""
     work.mkdir(parents=True, exist_ok=True)
     pipeline = load_pipeline(pipeline_path("cpu", 8)) if "lower" in PASS_REGISTRY else None
     if pipeline is not None:
         before = set(work.rglob("*.onnx"))
-        om = optimize(model, "cpu", 8, calib=calib, passes=pipeline, workdir=work, progress=False)
+        om = optimize(model, "cpu", 8, calib=calib, passes=pipeline, workdir=work, progress=False,
+                      pass_options={"insert_fake_quant": {"scope": scope}})
         artifact = om.graph.meta.get("artifact") or {}
         path = artifact.get("path") if isinstance(artifact, dict) else None
         if path is None or not str(path).endswith(".onnx"):
@@ -230,7 +237,7 @@ def int8_artifact(model: torch.nn.Module, calib: torch.Tensor, work: Path) -> tu
     from anomopt.targets.ort_lowering import quantize_ort_int8
 
     calibrate = ("calibrate", {"method": "percentile", "percentile": 99.99})
-    passes = ["fold_batchnorm", "insert_fake_quant", calibrate]
+    passes = ["fold_batchnorm", ("insert_fake_quant", {"scope": scope}), calibrate]
     om = optimize(model, "cpu", 8, calib=calib, passes=passes, progress=False)
     fp32 = export_onnx(om.graph, work / "folded_fp32.onnx")
     quantize_ort_int8(fp32.path, work / "int8.onnx", om.graph, fp32.conv_map, calib)
@@ -294,12 +301,13 @@ def run_dataset(dataset: str, args: argparse.Namespace, rows: list[Row], roots: 
     train_images = stack_images(train)
     calib = train_images[torch.randperm(len(train_images), generator=torch.Generator().manual_seed(0))]
     calib = calib[: args.calib_images]
+    precisions = {scope: PRECISIONS[scope] for scope in args.scopes.split(",")}
     for name in args.models.split(","):
         model = trained_model(dataset, name, train, val, args)
         ratios = [float(r) for r in args.ratios.split(",")]
         for ratio in ([-1.0] if args.baseline else []) + ratios:
             done = {r.precision for r in rows if (r.dataset, r.model, r.ratio) == (dataset, name, ratio)}
-            if done >= {"FP32", "INT8"}:
+            if done >= {"FP32", *precisions.values()}:
                 continue  # measured before this run was resumed
             work = Path(args.work_dir) / dataset / name / f"r{ratio:g}"
             work.mkdir(parents=True, exist_ok=True)
@@ -314,9 +322,10 @@ def run_dataset(dataset: str, args: argparse.Namespace, rows: list[Row], roots: 
             seconds = time.perf_counter() - t0
             fp32 = export_onnx(graph, work / "fp32.onnx")
             rows.append(measure(dataset, name, ratio, "FP32", graph, fp32.path, test, args, seconds))
-            int8_path, int8_graph = int8_artifact(graph.model, calib, work / "int8")
-            rows.append(measure(dataset, name, ratio, "INT8", int8_graph, int8_path, test, args, seconds))
-            for r in rows[-2:]:
+            for scope, precision in precisions.items():
+                int8_path, int8_graph = int8_artifact(graph.model, calib, work / f"int8-{scope}", scope)
+                rows.append(measure(dataset, name, ratio, precision, int8_graph, int8_path, test, args, seconds))
+            for r in rows[-1 - len(precisions):]:
                 print(f"[{dataset}] {name} ratio {ratio:g} {r.precision}: {r.student_params / 1e6:.3f}M "
                       f"student params, {r.artifact_mb:.2f} MB, image AUROC {r.image_auroc:.3f}, pixel AUROC "
                       f"{r.pixel_auroc:.3f} (channels kept {notes.get('channels_kept')})", flush=True)
@@ -355,7 +364,7 @@ def plot(rows: list[Row], path: Path) -> None:
         for j, metric in enumerate(("image_auroc", "pixel_auroc")):
             ax = axes[i][j]
             for model in dict.fromkeys(r.model for r in rows):
-                for precision, style in (("FP32", "o-"), ("INT8", "s--")):
+                for precision, style in (("FP32", "o-"), ("INT8", "s--"), ("INT8-all", "^:")):
                     sel = [r for r in rows if (r.dataset, r.model, r.precision) == (ds, model, precision)]
                     if not sel:
                         continue
@@ -375,6 +384,27 @@ def plot(rows: list[Row], path: Path) -> None:
     plt.close(fig)
 
 
+def bar_lines(rows: list[Row], ratio: float = 0.5) -> list[str]:
+    """The issue's bar per data set and model: INT8 at ``ratio`` vs unpruned INT8 (median latency) and
+    vs unpruned FP32 (image / pixel AUROC, points)."""
+    out = []
+    for ds, model in dict.fromkeys((r.dataset, r.model) for r in rows):
+        sel = {(r.ratio, r.precision): r for r in rows if (r.dataset, r.model) == (ds, model)}
+        base = sel.get((-1.0, "FP32")) or sel.get((0.0, "FP32"))
+        for precision in ("INT8", "INT8-all"):
+            pruned, unpruned = sel.get((ratio, precision)), sel.get((-1.0, precision)) or sel.get((0.0, precision))
+            if pruned is None or unpruned is None or base is None:
+                continue
+            ref = sel.get((-1.0, "INT8")) or sel.get((0.0, "INT8")) or unpruned
+            out.append(
+                f"- {ds} {model} ratio {ratio:g} {precision}: {unpruned.latency_ms / pruned.latency_ms:.2f}x vs "
+                f"unpruned {precision}, {ref.latency_ms / pruned.latency_ms:.2f}x vs unpruned INT8 (student); "
+                f"image AUROC {100 * (pruned.image_auroc - base.image_auroc):+.1f}, pixel AUROC "
+                f"{100 * (pruned.pixel_auroc - base.pixel_auroc):+.1f} points vs unpruned FP32"
+            )
+    return out
+
+
 def append_results(
     args: argparse.Namespace, rows: list[Row], roots: list[str], started: str, seconds: float
 ) -> None:
@@ -388,14 +418,17 @@ def append_results(
         f"{args.image_size} px, at most {args.max_train_per_category} train / {args.max_test_per_category} "
         f"test images per category",
         f"- prune: Taylor importance on the distillation loss, round_to {args.round_to}, "
-        f"{args.finetune_epochs} fine-tune epochs; INT8 = cpu-int8 (percentile 99.99) on the pruned model; "
-        f"ratio 0 only cuts the dead backbone blocks (exact); ratio 'none' = no prune pass at all",
+        f"{args.finetune_epochs} fine-tune epochs; INT8 = cpu-int8 (percentile 99.99, student quantized) on the "
+        f"pruned model, INT8-all = the same with the teacher quantized too; ratio 0 only cuts the dead "
+        f"backbone blocks (exact); ratio 'none' = no prune pass at all",
         f"- latency: ONNX Runtime CPU, batch 1, {args.ort_threads} intra-op threads, median and minimum of "
         f"{args.latency_runs} runs per artifact, taken in {args.latency_rounds} rounds over all artifacts in "
         f"shuffled order; AUROC: mean over categories, from the ONNX artifact's outputs",
         "- MACs count the convs that run in torch; ONNX export drops dead nodes, so ratio 'none' and 0 "
         "give the same ONNX artifact",
-        f"- wall time: {seconds / 60:.1f} min\n",
+        f"- wall time: {seconds / 60:.1f} min",
+        *bar_lines(rows),
+        "",
         table(rows),
         f"\n![accuracy vs latency]({plot_rel})\n",
     ]
