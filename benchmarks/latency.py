@@ -42,6 +42,8 @@ from anomopt.bench import (  # noqa: E402
 )
 from anomopt.calibration_data import noise_images  # noqa: E402
 from anomopt.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from anomopt.inference import onnx_scorer, predict_dataset, torch_scorer  # noqa: E402
+from anomopt.metrics import evaluate_predictions  # noqa: E402
 from anomopt.models import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,6 +65,22 @@ def _calibration(args: argparse.Namespace, size: int) -> tuple[torch.Tensor, str
     )
 
 
+def _eval_set(args: argparse.Namespace, size: int) -> Any:
+    """The test split of ``--eval-data`` (all its categories), at most ``--eval-per-category`` per category."""
+    from anomopt.data import load_mvtec
+
+    test = load_mvtec(args.eval_data, "all", split="test", image_size=size)
+    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0)).tolist()  # good and defective
+    taken: dict[str, int] = {}
+    keep = []
+    for i in order:
+        category = test.samples[i].category
+        if taken.get(category, 0) < args.eval_per_category:
+            taken[category] = taken.get(category, 0) + 1
+            keep.append(i)
+    return torch.utils.data.Subset(test, sorted(keep))
+
+
 def _model(name: str, args: argparse.Namespace) -> tuple[Any, str]:
     if args.checkpoint_dir:
         path = Path(args.checkpoint_dir) / f"{name}.pt"
@@ -82,10 +100,15 @@ def bench_model(name: str, args: argparse.Namespace, calib: torch.Tensor, work: 
     save_checkpoint(ckpt, model, categories=[])
     variants: dict[str, dict[str, Any]] = {"FP32 torch eager": {"backend": "torch", "path": str(ckpt)}}
     onnx_files: dict[str, Path] = {}
-    plans = [("FP32 ORT", 32, None), ("INT8 ORT", 8, None)]
+    plans: list[tuple[str, int, dict[str, Any] | None, str | None]] = [
+        ("FP32 ORT", 32, None, None),
+        ("INT8 ORT", 8, None, None),
+    ]
     if not args.no_scope_all:
-        plans.append(("INT8 ORT, teacher too", 8, {"insert_fake_quant": {"scope": "all"}}))
-    for label, bits, options in plans:
+        plans.append(("INT8 ORT, teacher too", 8, {"insert_fake_quant": {"scope": "all"}}, None))
+    if not args.no_prune:
+        plans.append(("INT8 ORT, pruned 0.5 + teacher (cpu-int8-prune)", 8, None, "prune"))
+    for label, bits, options, variant in plans:
         om = optimize(
             model,
             "cpu",
@@ -93,6 +116,7 @@ def bench_model(name: str, args: argparse.Namespace, calib: torch.Tensor, work: 
             calib=calib,
             calib_samples=len(calib),
             pass_options=options,
+            variant=variant,
             workdir=work / f"{name}-{bits}-{len(onnx_files)}",
             progress=False,
         )
@@ -111,6 +135,13 @@ def bench_model(name: str, args: argparse.Namespace, calib: torch.Tensor, work: 
         "spin": args.spin,
         "max_seconds": args.max_seconds,
     }
+    if args.eval_data:
+        test = _eval_set(args, size)
+        for spec in variants.values():
+            scorer = torch_scorer(model) if spec["backend"] == "torch" else onnx_scorer(spec["path"])
+            preds = predict_dataset(scorer, test, batch_size=8)
+            mean = evaluate_predictions(preds.categories, preds.labels, preds.scores, preds.masks, preds.maps)["mean"]
+            spec["auroc"] = f"{mean['image_auroc']:.3f} / {mean['pixel_auroc']:.3f}"
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in variants}
     for _ in range(args.rounds):
         for label, spec in variants.items():
@@ -133,6 +164,7 @@ def bench_model(name: str, args: argparse.Namespace, calib: torch.Tensor, work: 
             gmacs=macs["total"] / 1e9,
             student_gmacs=macs["student"] / 1e9,
         )
+        row["auroc"] = variants[label].get("auroc", "")
         kernels = variants[label].get("kernels")
         if kernels:
             s = kernels.get("student", {"integer": 0, "float": 0})
@@ -154,6 +186,7 @@ COLUMNS = [
     ("p90 ms", "p90_ms", "{:.1f}"),
     ("p99 ms", "p99_ms", "{:.1f}"),
     ("vs FP32 ORT (p50)", "speedup", "{:.2f}x"),
+    ("image / pixel AUROC", "auroc", ""),
     ("batch-8 img/s", "throughput_ips", "{:.1f}"),
     ("peak RSS MiB", "peak_rss_mb", "{:.0f}"),
     ("model.onnx MB", "file_mb", "{:.2f}"),
@@ -185,7 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib-data", default=None, help="MVTec-layout root (default: ../shared/data/realdev)")
     parser.add_argument("--calib-category", default="metal_plate")
     parser.add_argument("--calib-samples", type=int, default=64)
+    parser.add_argument("--eval-data", default=None,
+                        help="MVTec-layout root: also give each variant's image / pixel AUROC on its test split "
+                        "(meaningful with --checkpoint-dir models trained on it)")
+    parser.add_argument("--eval-per-category", type=int, default=100)
     parser.add_argument("--no-scope-all", action="store_true", help="skip the teacher-quantized INT8 row")
+    parser.add_argument("--no-prune", action="store_true", help="skip the cpu-int8-prune row (prunes and "
+                        "fine-tunes the student on the calibration images first)")
     parser.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the optimizing here; timing threads are set in each worker
@@ -204,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         r["params_label"] = f"{r['params_m']:.2f} ({r['student_params_m']:.2f})"
         r["macs_label"] = f"{r['gmacs']:.2f} ({r['student_gmacs']:.2f})"
     table = markdown_table(rows, COLUMNS)
-    ratios = ", ".join(f"{r['model']} {r['speedup']:.2f}x" for r in rows if r["variant"] == "INT8 ORT")
+    ratios = "; ".join(
+        f"{r['model']} {r['variant'].removeprefix('INT8 ORT').strip(', ') or 'student'} {r['speedup']:.2f}x"
+        for r in rows
+        if r["variant"].startswith("INT8")
+    )
     command = "PYTHONPATH=src .venv/bin/python benchmarks/latency.py " + " ".join(
         shlex.quote(a) for a in (argv or sys.argv[1:])
     )
@@ -227,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "- Weights: " + "; ".join(f"{k}: {v}" for k, v in weights_notes.items()) + ".",
         f"- INT8 calibration: {calib_note}; shipped cpu-int8 pipeline (student scope, per-channel int8 "
-        "weights, uint8 activations, percentile 99.99). 'teacher too' = the same with scope=all.",
+        "weights, uint8 activations, percentile 99.99). 'teacher too' = the same with scope=all. 'pruned' = the "
+        "shipped cpu-int8-prune pipeline (50% of the student's prunable channels, 2 fine-tune epochs on the "
+        "calibration images, then teacher and student INT8).",
         "- Sizes: model.onnx = the whole artifact; student weights = bytes of the student's stored tensors "
         "(int8 weights + per-channel scales + int32 biases vs FP32). Params and conv MACs (batch 1) count "
         "the layers that reach the outputs, from the FP32 ONNX graph; torch eager also runs the backbone "

@@ -37,6 +37,24 @@ def torch_scorer(model: torch.nn.Module) -> Scorer:
     return score
 
 
+def onnx_scorer(path: str, threads: int = 1) -> Scorer:
+    """An ONNX Runtime session on an exported ``model.onnx`` (input ``images``; outputs score, map) as a
+    numpy scorer."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def score(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        s, m = session.run(None, {name: images.numpy().astype(np.float32)})
+        return s, m[:, 0]
+
+    return score
+
+
 def predict_dataset(
     scorer: Scorer, dataset: Dataset, batch_size: int = 8, progress: bool = False, desc: str = "predict"
 ) -> Predictions:
