@@ -602,3 +602,20 @@ def test_realdev_masks_are_strictly_binary() -> None:
         # pcb: test/good and test/defect reuse the same file names; samples stay distinct by path.
         stems = [s.path.stem for s in cs.test]
         assert len({s.path for s in cs.test}) == len(cs.test) >= len(set(stems))
+
+
+def test_dataset_categories_through_subsets_without_reading_images(tmp_path: Path) -> None:
+    from torch.utils.data import ConcatDataset, Subset
+
+    from anomopt.data import dataset_categories
+
+    root = make_mvtec(tmp_path / "ds", cats=("bottle", "cable", "zipper"), n_train=3)
+    train = load_mvtec(root, "all", split="train", image_size=16)
+    assert dataset_categories(train) == ["bottle", "cable", "zipper"]
+    first_two = [i for i, s in enumerate(train.samples) if s.category in ("bottle", "cable")]
+    assert dataset_categories(Subset(train, first_two)) == ["bottle", "cable"]
+    zipper = [i for i, s in enumerate(train.samples) if s.category == "zipper"]
+    nested = ConcatDataset([Subset(Subset(train, first_two), [0]), Subset(train, zipper)])
+    assert dataset_categories(nested) == ["bottle", "zipper"]
+    assert not train._images  # nothing was decoded
+    assert dataset_categories(torch.utils.data.TensorDataset(torch.zeros(2, 3))) == []

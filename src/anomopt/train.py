@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from anomopt.checkpoint import read_checkpoint, save_checkpoint
+from anomopt.data.dataset import dataset_categories
 from anomopt.errors import CheckpointError, ConfigError, DataError
 from anomopt.inference import predict_dataset, stack_images, torch_scorer
 from anomopt.models import KDModel
@@ -158,7 +159,7 @@ def train_model(
         raise ConfigError(f"batch size {config.batch_size} is smaller than the {world} processes")
     dtype = resolve_precision(config.precision, config.device)
     show = config.progress and rank == 0
-    categories = categories or sorted(set(getattr(train_set, "categories", []) or ["default"]))
+    categories = categories or dataset_categories(train_set) or ["default"]
 
     images = (stack_images(train_set) * 255.0).round().to(torch.uint8)  # in memory, off the critical path
     params = model.trainable_parameters()

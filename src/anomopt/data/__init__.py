@@ -1,6 +1,6 @@
 """Data loading for anomaly detection: image/mask decoding, MVTec and folder layouts, synthetic data."""
 
-from anomopt.data.dataset import SPLITS, AnomalyDataset, collate, load_folder, load_mvtec
+from anomopt.data.dataset import SPLITS, AnomalyDataset, collate, dataset_categories, load_folder, load_mvtec
 from anomopt.data.images import IMAGE_EXTENSIONS, check_mask_matches_image, read_image, read_mask
 from anomopt.data.layout import (
     CategorySplit,
@@ -22,6 +22,7 @@ __all__ = [
     "Sample",
     "check_mask_matches_image",
     "collate",
+    "dataset_categories",
     "generate_synthetic",
     "list_categories",
     "load_folder",

@@ -30,7 +30,7 @@ from anomopt.data.images import (
 from anomopt.data.layout import CategorySplit, Sample, scan_folder, scan_mvtec, split_validation
 from anomopt.errors import ConfigError, DataError
 
-__all__ = ["SPLITS", "AnomalyDataset", "collate", "load_folder", "load_mvtec"]
+__all__ = ["SPLITS", "AnomalyDataset", "collate", "dataset_categories", "load_folder", "load_mvtec"]
 
 #: Split names accepted by :func:`load_mvtec` and :func:`load_folder`.
 SPLITS = ("train", "val", "test")
@@ -116,6 +116,28 @@ class AnomalyDataset(Dataset):
             f"AnomalyDataset({len(self)} images, {n_anom} anomalous, categories={self.categories}, "
             f"image_size={self.image_size})"
         )
+
+
+def dataset_categories(dataset: Dataset) -> list[str]:
+    """Sorted category names of an :class:`AnomalyDataset`, also through ``Subset`` / ``ConcatDataset``
+    wrappers (no image is read); ``[]`` when they cannot be told without loading items."""
+    from torch.utils.data import ConcatDataset, Subset
+
+    if isinstance(dataset, AnomalyDataset):
+        return dataset.categories
+    if isinstance(dataset, Subset):
+        indices = [int(i) for i in dataset.indices]
+        inner = dataset.dataset
+        while isinstance(inner, Subset):  # compose nested subsets' indices
+            indices = [int(inner.indices[i]) for i in indices]
+            inner = inner.dataset
+        if isinstance(inner, AnomalyDataset):
+            return sorted({inner.samples[i].category for i in indices})
+        return []
+    if isinstance(dataset, ConcatDataset):
+        parts = [dataset_categories(d) for d in dataset.datasets]
+        return sorted({c for part in parts for c in part}) if all(parts) else []
+    return sorted(getattr(dataset, "categories", []) or [])
 
 
 def _check_split(split: str) -> None:
