@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -81,8 +83,7 @@ def test_mixed_training_learns_is_repeatable_and_leaves_the_model_unpatched():
 def _run(name: str, seconds: list[float], aurocs: list[float], setup: float = 0.0):
     b = _bench()
     recs = [
-        b.EpochRecord(i + 1, s, setup if i == 0 else 0.5, 1.0, a, 0.1)
-        for i, (s, a) in enumerate(zip(seconds, aurocs))
+        b.EpochRecord(i + 1, s, setup if i == 0 else 0.5, 1.0, a, 0.1) for i, (s, a) in enumerate(zip(seconds, aurocs))
     ]
     return b.MethodRun(name, recs)
 
@@ -102,6 +103,8 @@ def test_summary_rates_ratios_and_time_to_accuracy():
     assert rows["fp32"]["tta_common_s"] == pytest.approx(4.0 + 5.0 + 2.0)  # 0.8 at epoch 2, after setup
     assert rows["anomalib"]["tta_common_s"] == pytest.approx(9 + 6 + 6 + 9)  # 0.72 only at the end
     assert rows["fp32"]["tta_own_s"] == pytest.approx(4 + 5 + 2 + 3)  # 0.9 x 0.95 = 0.855
+    assert rows["fp32"]["tta_high_s"] == pytest.approx(4 + 5 + 2 + 3)  # 0.9 x 0.95 again
+    assert math.isnan(rows["anomalib"]["tta_high_s"])  # never reaches 0.855
     assert rows["fp32"]["setup_s"] == 4.0
 
 
@@ -141,4 +144,10 @@ def test_benchmark_end_to_end_skips_anomalib_cleanly(tmp_path, capsys):
     assert [r["method"] for r in rows] == ["fp32"]
     assert len(runs[0].epochs) == 2 and rows[0]["images_per_s"] > 0 and rows[0]["setup_s"] > 0
     assert 0.0 <= rows[0]["final_image_auroc"] <= 1.0
-    assert "| fp32 |" in b.to_markdown(rows, meta)
+    assert "| fp32 |" in b.to_markdown(rows, meta) and "adam lr 0.003" in meta["optimizer"]
+    saved = tmp_path / "run.json"
+    saved.write_text(json.dumps({"rows": rows, "meta": meta, "runs": [asdict(r) for r in runs]}))
+    again, meta2, runs2 = b.load_json(saved, 0.9)
+    assert again == rows and runs2 == runs and "--from-json run.json" in meta2["command"]
+    md = b.to_markdown(again, meta2, runs2)
+    assert f"- fp32: {runs[0].epochs[0].image_auroc:.3f} {runs[0].epochs[1].image_auroc:.3f}" in md
