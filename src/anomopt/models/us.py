@@ -4,25 +4,29 @@ Built from the paper's description:
 
 - For every patch size ``p`` a *descriptor teacher* maps each ``p x p`` patch to a descriptor. It is a
   patch network: unpadded ("valid") convolutions, so a descriptor depends on its patch only. The image is
-  reflection-padded once in front of the network so the descriptors still cover the whole image, at
+  padded once in front of the network (mid-grey by default: the zero of the backbone's input
+  normalisation, which is how the backbone itself pads) so the descriptors still cover the whole image, at
   stride 4 (one convolutional pass, no per-pixel patch loop). The teacher is distilled from the frozen
-  pretrained backbone: a 1x1 projection of its descriptor regresses the backbone's standardised features at
-  the patch centre. The paper distils on ImageNet; here the teacher sees the training images plus
-  augmented ones (shuffled, recoloured and pasted patches), so that it maps unfamiliar patches to
+  pretrained backbone: a 1x1 projection of its descriptor regresses the backbone's standardised features,
+  sampled at the patch centres. The paper distils on ImageNet; here the teacher sees the training images
+  plus augmented ones (shuffled, recoloured and pasted patches), so that it maps unfamiliar patches to
   backbone-like descriptors instead of extrapolating from normal ones.
-- The teacher's descriptors are standardised with their mean and standard deviation over the training set,
-  computed exactly in the first student epoch (kept as the statistics of an inference-mode BatchNorm).
+- The teacher's descriptors are standardised per channel with their mean and standard deviation over the
+  training set (``whiten=True``: ZCA-whitened), computed exactly in the first student epoch and kept as a
+  fixed 1x1 convolution.
 - An ensemble of students, independently initialised copies of the teacher's architecture, regress the
   standardised descriptors on normal images only.
 - Per pixel and patch size: regression error ``e = ||mean_k s_k - t||^2`` and predictive variance
   ``v = mean_c var_k s_k``, each standardised with its mean and standard deviation on training data (as the
-  paper does on validation data; measured during the last student epoch); the anomaly map sums ``e + v``
-  over the patch sizes.
+  paper does on validation data; measured during the last student epoch); the anomaly map sums
+  ``e + variance_weight * v`` over the patch sizes. The paper weights both equally; measured here on the
+  synthetic set the variance only added noise, so ``variance_weight`` defaults to 0. The outermost
+  ``margin`` ring of descriptors (patches that are about half padding) is scored as average normal.
 
 The pretrained backbone and the teacher's projection run only in training. Training has two phases: the
 first ``teacher_fraction`` of the epochs distils the teachers, then the teachers are frozen and the
-students regress them. ``set_epoch`` (called by the trainer) switches the phase.
-"""
+students regress them. ``set_epoch`` (called by the trainer) switches the phase. BatchNorm statistics
+of the final teacher and students are exact averages over their last epoch (``precise_bn``)."""
 
 from __future__ import annotations
 
@@ -63,11 +67,13 @@ def patch_net(patch: int, descriptor: int = 128, width: int = 64, bn: bool = Tru
     return nn.Sequential(*layers)
 
 
-def pad_for_patch(x: torch.Tensor, patch: int) -> torch.Tensor:
-    """Reflection-pad an image so a stride-4 ``patch`` network gives ceil(H/4) x ceil(W/4) descriptors,
-    centred within half a pixel of the stride-4 grid's cells."""
+def pad_for_patch(x: torch.Tensor, patch: int, mode: str = "reflect") -> torch.Tensor:
+    """Pad an image (``mode``: reflect, replicate or constant) so a stride-4 ``patch`` network gives
+    ceil(H/4) x ceil(W/4) descriptors, centred within half a pixel of the stride-4 grid's cells."""
     lo, hi = (patch - 1) // 2 - 2, (patch - 1) // 2 + 1
-    return F.pad(x, (lo, hi, lo, hi), mode="reflect")
+    if mode == "constant":  # mid-grey: the zero of the backbone's input normalisation
+        return F.pad(x, (lo, hi, lo, hi), value=0.5)
+    return F.pad(x, (lo, hi, lo, hi), mode=mode)
 
 
 def _identity_conv(channels: int) -> nn.Conv2d:
@@ -83,10 +89,17 @@ class DescriptorTeacher(nn.Module):
     """One descriptor network per patch size; outputs standardised with training-set statistics."""
 
     def __init__(
-        self, patches: Sequence[int], descriptor: int, width: int, target_channels: int, bn: bool = True
+        self,
+        patches: Sequence[int],
+        descriptor: int,
+        width: int,
+        target_channels: int,
+        bn: bool = True,
+        pad_mode: str = "reflect",
     ) -> None:
         super().__init__()
         self.patches = tuple(patches)
+        self.pad_mode = pad_mode
         self.nets = nn.ModuleList(patch_net(p, descriptor, width, bn) for p in self.patches)
         # A fixed 1x1 conv: descriptors whitened with their training-set mean and covariance (set by the model).
         self.standardize = nn.ModuleList(_identity_conv(descriptor) for _ in self.patches)
@@ -94,7 +107,7 @@ class DescriptorTeacher(nn.Module):
         self.project = nn.ModuleList(nn.Conv2d(descriptor, target_channels, 1) for _ in self.patches)
 
     def raw(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [net(pad_for_patch(x, p)) for p, net in zip(self.patches, self.nets, strict=True)]
+        return [net(pad_for_patch(x, p, self.pad_mode)) for p, net in zip(self.patches, self.nets, strict=True)]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [std(d) for std, d in zip(self.standardize, self.raw(x), strict=True)]
@@ -103,13 +116,16 @@ class DescriptorTeacher(nn.Module):
 class Students(nn.Module):
     """An ensemble of independently initialised students for one patch size."""
 
-    def __init__(self, count: int, patch: int, descriptor: int, width: int, bn: bool = True) -> None:
+    def __init__(
+        self, count: int, patch: int, descriptor: int, width: int, bn: bool = True, pad_mode: str = "reflect"
+    ) -> None:
         super().__init__()
         self.patch = patch
+        self.pad_mode = pad_mode
         self.members = nn.ModuleList(patch_net(patch, descriptor, width, bn) for _ in range(count))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = pad_for_patch(x, self.patch)
+        x = pad_for_patch(x, self.patch, self.pad_mode)
         return torch.stack([m(x) for m in self.members], dim=0)  # (K, N, C, h, w)
 
 
@@ -117,10 +133,16 @@ class StudentEnsembles(nn.Module):
     """One student ensemble per patch size."""
 
     def __init__(
-        self, count: int, patches: Sequence[int], descriptor: int, width: int, bn: bool = True
+        self,
+        count: int,
+        patches: Sequence[int],
+        descriptor: int,
+        width: int,
+        bn: bool = True,
+        pad_mode: str = "reflect",
     ) -> None:
         super().__init__()
-        self.scales = nn.ModuleList(Students(count, p, descriptor, width, bn) for p in patches)
+        self.scales = nn.ModuleList(Students(count, p, descriptor, width, bn, pad_mode) for p in patches)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [s(x) for s in self.scales]
@@ -192,6 +214,15 @@ def _augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch
     return out
 
 
+def _cumulative_batchnorm(module: nn.Module) -> None:
+    """Restart every BatchNorm's running statistics as a plain average over the coming batches (no decay
+    toward stale values of earlier weights, nor toward the initial ones)."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d) and m.track_running_stats:
+            m.reset_running_stats()
+            m.momentum = None
+
+
 def _compactness(desc: torch.Tensor) -> torch.Tensor:
     """The paper's descriptor compactness loss: off-diagonal correlations of the descriptor channels
     (here their mean square), so the descriptor spreads its information over all its dimensions."""
@@ -213,26 +244,31 @@ class UninformedStudents(KDModel):
         descriptor = int(extra.get("descriptor", 128))
         width = int(extra.get("width", 64))
         n_students = int(extra.get("students", 3))
-        patches = extra.get("patch_sizes", (23,))
+        patches = extra.get("patch_sizes", (15, 23))
         self.patches = tuple(int(p) for p in ([patches] if isinstance(patches, int) else patches))
         self.augment = bool(extra.get("teacher_augment", True))
-        self.whiten = bool(extra.get("whiten", True))
+        self.whiten = bool(extra.get("whiten", False))
+        self.global_std = bool(extra.get("global_std", False))
+        self.margin = int(extra.get("margin", 1))
+        self.variance_weight = float(extra.get("variance_weight", 0.0))
+        pad_mode = str(extra.get("pad_mode", "constant"))
         self.compactness = float(extra.get("compactness", 0.0))
+        self.precise_bn = bool(extra.get("precise_bn", True))
         self.shrink = float(extra.get("whiten_shrink", 1e-3))
         self.backbone = freeze(Teacher(self.config.backbone, pretrained, weights))
         channels = feature_channels(self.config.backbone)
-        self.target_taps = tuple(int(i) for i in extra.get("target_taps", range(len(channels))))
+        self.target_taps = tuple(int(i) for i in extra.get("target_taps", (0,)))
         targets = sum(channels[i] for i in self.target_taps)
         bn = bool(extra.get("batchnorm", True))
         teacher_bn = bool(extra.get("teacher_batchnorm", bn))
         student_bn = bool(extra.get("student_batchnorm", bn))
-        self.teacher = DescriptorTeacher(self.patches, descriptor, width, targets, teacher_bn)
-        self.student = StudentEnsembles(n_students, self.patches, descriptor, width, student_bn)
+        self.teacher = DescriptorTeacher(self.patches, descriptor, width, targets, teacher_bn, pad_mode)
+        self.student = StudentEnsembles(n_students, self.patches, descriptor, width, student_bn, pad_mode)
         self.head = MapHead(self.config.image_size, combine="sum", blur_sigma=self.config.blur_sigma)
         # Per patch size: mean and std of the regression error and of the predictive variance (training set).
         norm = torch.tensor([[0.0, 1.0, 0.0, 1.0]]).repeat(len(self.patches), 1)
         self.register_buffer("score_norm", norm)
-        self.teacher_fraction = float(extra.get("teacher_fraction", 0.5))
+        self.teacher_fraction = float(extra.get("teacher_fraction", 0.4))
         self.phase = "students"  # a loaded (trained) model is past the teacher phase
         self._scheduled = False  # set_epoch not called yet: the optimizer must cover both phases
         self._collect_descriptors = False
@@ -254,6 +290,10 @@ class UninformedStudents(KDModel):
         self.phase = "teacher" if epoch < teacher_epochs else "students"
         if self.phase == "teacher" and previous != "teacher":
             self._target_moments = _Moments()
+        if self.phase == "teacher" and epoch == teacher_epochs - 1 and self.precise_bn:
+            _cumulative_batchnorm(self.teacher.nets)  # exact BatchNorm statistics of the final teacher
+        if epoch == total - 1 and self.phase == "students" and self.precise_bn:
+            _cumulative_batchnorm(self.student)
         if epoch < total and self.phase == "students":
             if epoch == teacher_epochs:  # first student epoch: measure the teacher's descriptor statistics
                 self._collect_descriptors = True
@@ -280,6 +320,8 @@ class UninformedStudents(KDModel):
                 eig, vec = torch.linalg.eigh(cov)
                 eig = eig.clamp_min(0.0) + self.shrink * eig.clamp_min(0.0).mean() + 1e-12
                 w = vec @ torch.diag(eig.rsqrt()) @ vec.T
+            elif self.global_std:  # one scale for all channels: barely varying ones stay small
+                w = torch.eye(len(mean), dtype=cov.dtype) * (cov.diagonal().clamp_min(0.0).mean() + 1e-6).rsqrt()
             else:
                 w = torch.diag((cov.diagonal().clamp_min(0.0) + 1e-6).rsqrt())
             conv.weight.copy_(w.float().view_as(conv.weight))
@@ -310,12 +352,28 @@ class UninformedStudents(KDModel):
 
     @torch.no_grad()
     def frozen_targets(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Backbone features resized to stride 4 and concatenated: the descriptor teachers' target."""
+        """The descriptor teachers' target: the backbone's features at the patch centres, concatenated.
+
+        Each tapped map (overall stride ``s``, "same" padding: cell ``i`` centred on pixel ``s*i + s - 1``) is
+        sampled bilinearly at the centres of the teachers' stride-4 patches (pixel ``4*j + 2``)."""
         feats = self.backbone(x)
-        feats = [feats[i] for i in self.target_taps]
-        size = (-(-x.shape[-2] // STRIDE), -(-x.shape[-1] // STRIDE))
-        cat = torch.cat([F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats], 1)
-        return [cat]
+        h, w = -(-x.shape[-2] // STRIDE), -(-x.shape[-1] // STRIDE)
+        out = []
+        for i in self.target_taps:
+            f = feats[i]
+            grid = torch.stack(torch.meshgrid(
+                [self._sample_positions(n, x.shape[d], f.shape[d], f.device) for n, d in ((h, -2), (w, -1))],
+                indexing="ij"), dim=-1).flip(-1)  # (h, w, [x, y]) in grid_sample's units
+            grid = grid.to(f.dtype).unsqueeze(0).expand(f.shape[0], -1, -1, -1)
+            out.append(F.grid_sample(f, grid, mode="bilinear", padding_mode="border", align_corners=True))
+        return [torch.cat(out, 1)]
+
+    @staticmethod
+    def _sample_positions(n: int, size: int, cells: int, device: torch.device) -> torch.Tensor:
+        stride = size / cells
+        centre = STRIDE * torch.arange(n, device=device, dtype=torch.float32) + 2.0  # patch centres (pixels)
+        index = (centre - (stride - 1.0)) / stride  # fractional cell index of the tapped map
+        return 2.0 * index / max(cells - 1, 1) - 1.0
 
     def teacher_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.teacher(x)
@@ -333,7 +391,13 @@ class UninformedStudents(KDModel):
         for i, (ti, si) in enumerate(zip(t, s, strict=True)):
             error, variance = self._error_variance(ti, si)
             norm = self.score_norm[i]
-            maps.append((error - norm[0]) / norm[1] + (variance - norm[2]) / norm[3])
+            score = (error - norm[0]) / norm[1]
+            if self.variance_weight:
+                score = score + self.variance_weight * (variance - norm[2]) / norm[3]
+            if self.margin:  # descriptors of patches that are mostly padding: scored as average normal
+                m = self.margin
+                score = F.pad(score[..., m:-m, m:-m], (m, m, m, m), value=0.0)
+            maps.append(score)
         return maps
 
     def loss_from_features(self, t: list[torch.Tensor], s: list[torch.Tensor]) -> torch.Tensor:

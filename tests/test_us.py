@@ -1,0 +1,101 @@
+"""Uninformed Students: both training phases learn, the statistics are measured, inference is well formed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anomopt.models import build_model
+
+SIZE = 64
+
+
+def _images(n: int, seed: int) -> torch.Tensor:
+    """Smooth random colour fields (structured enough for the losses to fall quickly)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n, 3, SIZE // 8, SIZE // 8, generator=g)
+    return torch.nn.functional.interpolate(base, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+
+
+def _step(model, optimizer, x: torch.Tensor, targets) -> float:
+    loss = model.distillation_loss(x, targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+@pytest.mark.parametrize("whiten", [False, True])
+def test_us_trains_in_both_phases_and_scores_finite_maps(whiten: bool) -> None:
+    torch.manual_seed(0)
+    model = build_model("us", image_size=SIZE, patch_sizes=[15, 23], teacher_fraction=0.5, whiten=whiten)
+    x = _images(6, 0)
+    all_params = {id(p) for p in model.trainable_parameters()}  # the trainer builds its optimizer first
+    teacher_params = {id(p) for p in model.teacher.parameters() if p.requires_grad}
+    student_params = {id(p) for p in model.student.parameters()}
+    assert teacher_params <= all_params and student_params <= all_params
+    assert not {id(p) for p in model.backbone.parameters()} & all_params
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=1e-3)
+    model.eval()
+    targets = model.frozen_targets(x)  # what the trainer caches
+
+    steps, total = 6, 4
+    losses: dict[str, list[float]] = {"teacher": [], "students": []}
+    for epoch in range(total):  # what the trainer does: set_epoch, train(), steps
+        model.set_epoch(epoch, total)
+        model.train()
+        phase = model.phase
+        assert phase == ("teacher" if epoch < 2 else "students")
+        params = {id(p) for p in model.trainable_parameters()}
+        assert params == (teacher_params if phase == "teacher" else student_params) - {
+            id(p) for s in model.teacher.standardize for p in s.parameters()
+        }
+        for _ in range(steps):
+            losses[phase].append(_step(model, optimizer, x, targets))
+    model.set_epoch(total, total)
+    model.eval()
+
+    for phase, values in losses.items():
+        assert all(torch.isfinite(torch.tensor(values))), phase
+        first, last = sum(values[:3]) / 3, sum(values[-3:]) / 3
+        assert last < first, (phase, values)
+    # The teacher's standardisation (whitening) and the score statistics were measured in the student phase.
+    for conv in model.teacher.standardize:
+        assert not torch.equal(conv.weight.flatten(1), torch.eye(conv.weight.shape[0]))
+    assert torch.isfinite(model.score_norm).all() and (model.score_norm[:, 1::2] > 0).all()
+    assert not torch.equal(model.score_norm, torch.tensor([[0.0, 1.0, 0.0, 1.0]]).repeat(2, 1))
+
+    with torch.no_grad():
+        scores, maps = model(_images(3, 1))
+        t = model.teacher_features(x)
+        s = model.student_features(x, t)
+    assert scores.shape == (3,) and maps.shape == (3, 1, SIZE, SIZE)
+    assert torch.isfinite(scores).all() and torch.isfinite(maps).all()
+    assert len(t) == len(s) == 2
+    for ti, si in zip(t, s, strict=True):
+        assert ti.shape == (6, 128, SIZE // 4, SIZE // 4) and si.shape == (3, *ti.shape)
+    # Standardised descriptors on the training images: zero mean and unit variance per channel; whitened ones
+    # also have a covariance whose eigenvalues are 1, or below 1 in the directions the (shrunk) whitening
+    # damps because the training set barely varies there.
+    d = t[0].transpose(0, 1).flatten(1).double()
+    assert d.mean(1).abs().max() < 1e-3
+    if whiten:
+        eig = torch.linalg.eigvalsh(torch.cov(d, correction=0))
+        assert float(eig.max()) <= 1.0 + 1e-3 and float(eig.max()) > 0.95
+    else:
+        assert (d.var(1, correction=0) - 1.0).abs().max() < 1e-2
+
+
+def test_us_inference_path_is_plain_convolutions() -> None:
+    model = build_model("us", image_size=SIZE, pretrained=False).eval()
+    kinds = {type(m).__name__ for part in (model.teacher.nets, model.teacher.standardize, model.student)
+             for m in part.modules() if not list(m.children())}
+    assert kinds <= {"Conv2d", "BatchNorm2d", "ReLU"}
+    # A descriptor depends on its patch only: changing pixels far away leaves it unchanged.
+    x = _images(1, 2)
+    y = x.clone()
+    y[..., :, 40:] = 0.0
+    with torch.no_grad():
+        a, b = model.teacher_features(x)[0], model.teacher_features(y)[0]
+    assert torch.equal(a[..., :3], b[..., :3])  # columns 0-2 see pixels < 40 only (receptive field 23)
+
