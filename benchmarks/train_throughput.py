@@ -343,7 +343,7 @@ def _secs(value: float) -> str:
 def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], runs: list[MethodRun] | None = None) -> str:
     """The RESULTS.md section (with the per-epoch AUROC curves when ``runs`` is given)."""
     lines = [
-        f"## Training throughput and time-to-accuracy, STFPM vs anomalib ({meta['date']})",
+        f"## Training throughput and time-to-accuracy, STFPM: {', '.join(r['method'] for r in rows)} ({meta['date']})",
         "",
         f"- command: `{meta['command']}`",
         f"- machine: {meta['machine_start']['cpu']}; {meta['machine_start']['cores']} logical CPUs; load average "
@@ -361,7 +361,8 @@ def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], runs: list[Met
         "its own final",
         f"- anomopt optimizer: {meta.get('optimizer', 'adam lr 0.003 (TrainConfig defaults)')}; anomalib: its "
         "own configure_optimizers (SGD lr 0.4, momentum 0.9, weight decay 1e-3) and ImageNet input normalisation",
-        f"- wall time: {meta['wall_min']:.1f} min",
+        f"- wall time: {meta['wall_min']:.1f} min"
+        + ("" if any(r["method"] == "anomalib" for r in rows) else "; no anomalib in this run (no ratio)"),
         "",
         "| method | images/s | x anomalib (paired median) | first-epoch images/s | setup s | final image AUROC "
         "| best | time to lowest-final level s | time to highest-final level s | time to own level s |",
