@@ -43,7 +43,7 @@ class TrainConfig:
     weight_decay: float = 1e-5
     optimizer: str = "adam"  # adam | sgd
     seed: int = 0
-    precision: str = "auto"  # auto | bf16 | mixed (bf16, depthwise convs in fp32) | fp32
+    precision: str = "auto"  # auto (mixed on a bf16 CPU, bf16 on CUDA, else fp32) | bf16 | mixed | fp32
     cache_features: bool = True
     checkpoint: str | None = None
     resume: bool = False
@@ -203,7 +203,9 @@ def train_model(
     bar = tqdm(
         total=(config.epochs - start_epoch) * steps, desc=f"train {model.config.model}", disable=not show
     )
-    mixed = depthwise_in_fp32(model) if config.precision == "mixed" and dtype is not None else None
+    # "auto" on a bf16 CPU means "mixed": plain bf16 is the slowest of the three there (docs/training.md)
+    keep_depthwise_fp32 = config.precision == "mixed" or (config.precision == "auto" and config.device == "cpu")
+    mixed = depthwise_in_fp32(model) if keep_depthwise_fp32 and dtype is not None else None
     with mixed if mixed is not None else contextlib.nullcontext():
         for epoch in range(start_epoch, config.epochs):
             model.set_epoch(epoch, config.epochs)
