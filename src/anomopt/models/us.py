@@ -248,7 +248,6 @@ class UninformedStudents(KDModel):
         self.patches = tuple(int(p) for p in ([patches] if isinstance(patches, int) else patches))
         self.augment = bool(extra.get("teacher_augment", True))
         self.whiten = bool(extra.get("whiten", False))
-        self.global_std = bool(extra.get("global_std", False))
         self.margin = int(extra.get("margin", 1))
         self.variance_weight = float(extra.get("variance_weight", 0.0))
         pad_mode = str(extra.get("pad_mode", "constant"))
@@ -320,8 +319,6 @@ class UninformedStudents(KDModel):
                 eig, vec = torch.linalg.eigh(cov)
                 eig = eig.clamp_min(0.0) + self.shrink * eig.clamp_min(0.0).mean() + 1e-12
                 w = vec @ torch.diag(eig.rsqrt()) @ vec.T
-            elif self.global_std:  # one scale for all channels: barely varying ones stay small
-                w = torch.eye(len(mean), dtype=cov.dtype) * (cov.diagonal().clamp_min(0.0).mean() + 1e-6).rsqrt()
             else:
                 w = torch.diag((cov.diagonal().clamp_min(0.0) + 1e-6).rsqrt())
             conv.weight.copy_(w.float().view_as(conv.weight))
