@@ -41,7 +41,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import onnxruntime as ort
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from anomopt.api import optimize
 from anomopt.checkpoint import load_checkpoint, read_checkpoint
@@ -54,6 +54,7 @@ from anomopt.passes import PASS_REGISTRY, load_pipeline, pipeline_path
 from anomopt.passes.prune import conv_macs
 from anomopt.targets.onnx_export import INPUT_NAME, export_onnx
 from anomopt.train import TrainConfig, train_model
+from grid_common import per_category_subset  # noqa: E402  (benchmarks/ is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 PRECISIONS = {"student": "INT8", "all": "INT8-all"}  # quantization scope -> row label
@@ -136,19 +137,6 @@ def machine() -> str:
         pass
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     return f"{model}; {os.cpu_count()} logical CPUs; load average at start {load}; {platform.platform()}"
-
-
-def per_category_subset(ds: Dataset, limit: int, seed: int) -> Dataset:
-    """At most ``limit`` items per category, drawn at random (labels keep their mix)."""
-    cats = [s.category for s in ds.samples]  # type: ignore[attr-defined]
-    rng = np.random.default_rng(seed)
-    keep: list[int] = []
-    for cat in dict.fromkeys(cats):
-        idx = [i for i, c in enumerate(cats) if c == cat]
-        if len(idx) > limit:
-            idx = sorted(rng.choice(idx, size=limit, replace=False).tolist())
-        keep.extend(idx)
-    return ds if len(keep) == len(cats) else Subset(ds, keep)
 
 
 def load_splits(name: str, args: argparse.Namespace) -> tuple[Dataset, Dataset, Dataset, str]:
