@@ -22,6 +22,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            tmp.chmod(0o644)  # mkstemp makes files owner-only; artifacts and reports are meant to be shared
         os.replace(tmp, target)
     finally:
         if tmp.exists():
