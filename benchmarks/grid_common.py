@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from anomopt.api import optimize
-from anomopt.bench import onnx_parameters, onnx_weight_bytes, time_calls, torch_parameters
+from anomopt.bench import cpu_info, onnx_parameters, onnx_weight_bytes, time_calls, torch_parameters
 from anomopt.checkpoint import load_checkpoint, read_checkpoint
 from anomopt.data import generate_synthetic, load_mvtec
 from anomopt.data.layout import list_categories
@@ -102,14 +102,7 @@ def epochs_of(model: str, args: argparse.Namespace) -> int:
 
 def machine(load: tuple[float, ...] | None = None) -> str:
     """CPU model and logical core count (and a load average, when given)."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    name = cpu_info()["model"]
     text = f"{name}; {os.cpu_count()} logical CPUs; {platform.platform()}"
     return text if load is None else f"{text}; load average {fmt_load(load)}"
 

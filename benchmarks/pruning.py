@@ -44,6 +44,7 @@ import torch
 from torch.utils.data import Dataset
 
 from anomopt.api import optimize
+from anomopt.bench import cpu_info
 from anomopt.checkpoint import load_checkpoint, read_checkpoint
 from anomopt.data import generate_synthetic, load_mvtec
 from anomopt.graph import capture
@@ -127,14 +128,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def machine() -> str:
     """CPU model, core count and load, for the results file."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_info()["model"]
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     return f"{model}; {os.cpu_count()} logical CPUs; load average at start {load}; {platform.platform()}"
 

@@ -271,15 +271,9 @@ class AnomoptRun:
 
 
 def _machine() -> dict[str, Any]:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "loadavg": [round(v, 2) for v in os.getloadavg()]}
+    from anomopt.bench import cpu_info
+
+    return {"cpu": cpu_info()["model"], "cores": os.cpu_count(), "loadavg": [round(v, 2) for v in os.getloadavg()]}
 
 
 def _write_atomic(path: Path, text: str) -> None:
