@@ -247,7 +247,12 @@ class AnomoptRun:
         """Train epoch ``k`` (1-based); returns (loop seconds, setup seconds, mean loss)."""
         from anomopt.train import TrainConfig, train_model
 
-        overrides = {"optimizer": self.args.optimizer, "lr": self.args.lr}
+        overrides = {
+            "optimizer": self.args.optimizer,
+            "lr": self.args.lr,
+            "momentum": self.args.momentum,
+            "weight_decay": self.args.weight_decay,
+        }
         config = TrainConfig(
             **{key: v for key, v in overrides.items() if v is not None},
             epochs=k,
@@ -397,10 +402,14 @@ def _load_data(args: argparse.Namespace, work: Path) -> tuple[Any, Any, str]:
 
 
 def _optimizer_text(args: argparse.Namespace) -> str:
-    from anomopt.train import TrainConfig
+    from anomopt.train import TrainConfig, resolved_recipe
 
-    default = TrainConfig()
-    return f"{args.optimizer or default.optimizer} lr {args.lr or default.lr:g} (TrainConfig defaults unless set)"
+    r = resolved_recipe(
+        TrainConfig(optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum),
+        "stfpm",
+    )
+    momentum = f" momentum {r.momentum:g}" if r.optimizer == "sgd" else ""
+    return f"{r.optimizer} lr {r.lr:g}{momentum} weight decay {r.weight_decay:g} (STFPM's recipe unless set)"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -417,6 +426,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--target", type=float, default=0.9, help="time-to-accuracy level, x final AUROC")
     p.add_argument("--optimizer", default=None, help="anomopt runs only (default: TrainConfig's)")
     p.add_argument("--lr", type=float, default=None, help="anomopt runs only (default: TrainConfig's)")
+    p.add_argument("--momentum", type=float, default=None, help="anomopt SGD runs only")
+    p.add_argument("--weight-decay", type=float, default=None, help="anomopt runs only")
     p.add_argument("--anomalib-python", type=Path, default=ANOMALIB_PYTHON)
     p.add_argument("--json", type=Path, default=None, help="also write the rows and records here")
     p.add_argument("--no-write", action="store_true", help="do not append to benchmarks/RESULTS.md")

@@ -37,7 +37,7 @@ def trained(tmp_path_factory):
     result = train_model(
         model,
         train,
-        TrainConfig(epochs=10, lr=3e-3, progress=False, precision="fp32", checkpoint=str(ckpt)),
+        TrainConfig(epochs=10, progress=False, precision="fp32", checkpoint=str(ckpt)),
         val_set=val,
         categories=list(train.categories),
     )

@@ -114,7 +114,10 @@ def test_export_graph_is_clean_and_maps_convs(ptq_graphs, tmp_path):
         q.enabled for q in [graph.module(n).input_quantizer for n in graph.meta["quantized_layers"]]
     )  # ... and back on
     head_ops = [n.op_type for n in proto.graph.node if n.name.startswith("/head/")]
-    assert head_ops.count("MatMul") == 2 and "Conv" not in head_ops  # the blur: two GEMMs, no 33-tap conv
+    assert "MatMul" not in head_ops and "Conv" not in head_ops  # STFPM's recipe: no blur
+    us = onnx.load(str(export_onnx(graphs["us"], tmp_path / "us.onnx").path))
+    us_head = [n.op_type for n in us.graph.node if n.name.startswith("/head/")]
+    assert us_head.count("MatMul") == 2 and "Conv" not in us_head  # US blurs: two GEMMs, no 33-tap conv
     producers = {o: n for n in proto.graph.node for o in n.output}
     conv_inputs = [producers.get(n.input[0]) for n in proto.graph.node if n.op_type == "Conv"]
     zero_pads = [

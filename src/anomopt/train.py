@@ -30,6 +30,7 @@ from anomopt.data.dataset import dataset_categories
 from anomopt.errors import CheckpointError, ConfigError, DataError
 from anomopt.inference import predict_dataset, stack_images, torch_scorer
 from anomopt.models import KDModel
+from anomopt.models.recipes import Recipe, recipe_for
 from anomopt.normalization import fit_normalization
 
 
@@ -39,9 +40,11 @@ class TrainConfig:
 
     epochs: int = 20
     batch_size: int = 8
-    lr: float = 3e-3
-    weight_decay: float = 1e-5
-    optimizer: str = "adam"  # adam | sgd
+    # None = the model's recipe (anomopt.models.RECIPES): SGD + momentum for STFPM, Adam for RD and US
+    optimizer: str | None = None  # adam | sgd
+    lr: float | None = None
+    weight_decay: float | None = None
+    momentum: float | None = None  # SGD only
     seed: int = 0
     precision: str = "auto"  # auto (mixed on a bf16 CPU, bf16 on CUDA, else fp32) | bf16 | mixed | fp32
     cache_features: bool = True
@@ -113,6 +116,35 @@ def depthwise_in_fp32(model: nn.Module) -> Iterator[int]:
             m.__dict__.pop("forward", None)
 
 
+def resolved_recipe(config: TrainConfig, model_name: str) -> Recipe:
+    """The optimizer settings training will use: ``config``'s where set, else the model's recipe."""
+    recipe = recipe_for(model_name)
+    chosen = config.optimizer or recipe.optimizer
+    if chosen not in ("adam", "sgd"):
+        raise ConfigError(f"optimizer must be adam or sgd, not {chosen!r}")
+    if config.optimizer is not None and config.optimizer != recipe.optimizer and config.lr is None:
+        raise ConfigError(
+            f"optimizer {chosen!r} is not {model_name}'s default ({recipe.optimizer}): give its learning rate too"
+        )
+    return Recipe(
+        blur_sigma=recipe.blur_sigma,
+        optimizer=chosen,
+        lr=recipe.lr if config.lr is None else config.lr,
+        weight_decay=recipe.weight_decay if config.weight_decay is None else config.weight_decay,
+        momentum=recipe.momentum if config.momentum is None else config.momentum,
+    )
+
+
+def make_optimizer(params: list[nn.Parameter], config: TrainConfig, model_name: str) -> torch.optim.Optimizer:
+    """SGD (with momentum) or Adam over ``params``, as :func:`resolved_recipe` says."""
+    r = resolved_recipe(config, model_name)
+    if r.lr <= 0:
+        raise ConfigError(f"the learning rate must be positive, not {r.lr}")
+    if r.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
+    return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
+
+
 class _LossModule(nn.Module):
     """Wraps a model's distillation loss as a forward, so DDP can own the backward all-reduce."""
 
@@ -163,14 +195,7 @@ def train_model(
 
     images = (stack_images(train_set) * 255.0).round().to(torch.uint8)  # in memory, off the critical path
     params = model.trainable_parameters()
-    if config.optimizer not in ("adam", "sgd"):
-        raise ConfigError(f"optimizer must be adam or sgd, not {config.optimizer!r}")
-    if config.optimizer == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=config.lr, weight_decay=config.weight_decay
-        )
-    else:
-        optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(params, config, model.config.model)
     start_epoch, result = 0, TrainResult()
     ckpt = Path(config.checkpoint) if config.checkpoint else None
     if config.resume:

@@ -29,7 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    p.add_argument(
+        "--optimizer", choices=["sgd", "adam"], default=None, help="default: the model's recipe (STFPM sgd, RD/US adam)"
+    )
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's recipe)")
+    p.add_argument("--weight-decay", type=float, default=None, help="default: the model's recipe")
+    p.add_argument("--momentum", type=float, default=None, help="SGD momentum (default: the recipe's 0.9)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--precision",
@@ -116,7 +121,10 @@ def run_train(args: argparse.Namespace) -> int:
         cfg = TrainConfig(
             epochs=args.epochs,
             batch_size=args.batch_size,
+            optimizer=args.optimizer,
             lr=args.lr,
+            weight_decay=args.weight_decay,
+            momentum=args.momentum,
             seed=args.seed,
             precision=args.precision,
             cache_features=not args.no_cache,

@@ -8,6 +8,7 @@ from anomopt.errors import ConfigError
 from anomopt.models.backbones import BACKBONES, create_feature_extractor, get_backbone_config
 from anomopt.models.base import KDModel, ModelConfig
 from anomopt.models.rd import ReverseDistillation
+from anomopt.models.recipes import RECIPES, Recipe, recipe_for
 from anomopt.models.stfpm import STFPM
 from anomopt.models.us import UninformedStudents
 
@@ -26,13 +27,16 @@ def build_model(
     weights: str | None = None,
     **extra: Any,
 ) -> KDModel:
-    """Build ``stfpm``, ``rd`` or ``us`` on a registered backbone (weights loaded offline)."""
+    """Build ``stfpm``, ``rd`` or ``us`` on a registered backbone (weights loaded offline).
+
+    ``blur_sigma`` (in ``extra``) defaults to the model's :data:`RECIPES` entry, scaled to ``image_size``.
+    """
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     if image_size % 32 != 0 or image_size < 64:
         raise ConfigError(f"image_size must be a multiple of 32 and at least 64, not {image_size}")
     get_backbone_config(backbone)
-    blur = float(extra.pop("blur_sigma", 4.0 * image_size / 256))
+    blur = float(extra.pop("blur_sigma", recipe_for(name).blur_sigma * image_size / 256))
     config = ModelConfig(model=name, backbone=backbone, image_size=image_size, blur_sigma=blur, extra=extra)
     return MODELS[name](config, pretrained=pretrained, weights=weights)
 
@@ -50,10 +54,13 @@ __all__ = [
     "KDModel",
     "MODELS",
     "ModelConfig",
+    "RECIPES",
+    "Recipe",
     "ReverseDistillation",
     "STFPM",
     "UninformedStudents",
     "build_model",
     "create_feature_extractor",
     "model_from_config",
+    "recipe_for",
 ]
