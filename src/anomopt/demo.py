@@ -139,8 +139,16 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     runs = {
         "FP32 (ORT)": optimize(model, "cpu", 32, workdir=out / "work" / "fp32", **common_opt),
         "PTQ train-calib": optimize(model, "cpu", 8, workdir=out / "work" / "ptq-train", **common_opt),
+        # Noise calibration is the paper's weak baseline: its drift usually breaks the pipeline's safety net
+        # (cpu-int8: score drift 0.6), which would refuse it. The demo runs it anyway to show its AUROC cost.
         "PTQ noise-calib": optimize(
-            model, "cpu", 8, calib_source="noise", workdir=out / "work" / "ptq-noise", **common_opt
+            model,
+            "cpu",
+            8,
+            calib_source="noise",
+            tolerance={"max_score_drift": float("inf"), "max_map_drift": float("inf")},
+            workdir=out / "work" / "ptq-noise",
+            **common_opt,
         ),
         "QAT": optimize(
             model,
