@@ -247,14 +247,11 @@ class AnomoptRun:
         """Train epoch ``k`` (1-based); returns (loop seconds, setup seconds, mean loss)."""
         from anomopt.train import TrainConfig, train_model
 
-        overrides = {
-            "optimizer": self.args.optimizer,
-            "lr": self.args.lr,
-            "momentum": self.args.momentum,
-            "weight_decay": self.args.weight_decay,
-        }
         config = TrainConfig(
-            **{key: v for key, v in overrides.items() if v is not None},
+            optimizer=self.args.optimizer,  # None: STFPM's recipe
+            lr=self.args.lr,
+            momentum=self.args.momentum,
+            weight_decay=self.args.weight_decay,
             epochs=k,
             batch_size=self.args.batch_size,
             seed=self.args.seed,
@@ -424,8 +421,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-per-category", type=int, default=48)
     p.add_argument("--test-per-category", type=int, default=50)
     p.add_argument("--target", type=float, default=0.9, help="time-to-accuracy level, x final AUROC")
-    p.add_argument("--optimizer", default=None, help="anomopt runs only (default: TrainConfig's)")
-    p.add_argument("--lr", type=float, default=None, help="anomopt runs only (default: TrainConfig's)")
+    p.add_argument("--optimizer", default=None, help="anomopt runs only (default: STFPM's recipe)")
+    p.add_argument("--lr", type=float, default=None, help="anomopt runs only (default: STFPM's recipe)")
     p.add_argument("--momentum", type=float, default=None, help="anomopt SGD runs only")
     p.add_argument("--weight-decay", type=float, default=None, help="anomopt runs only")
     p.add_argument("--anomalib-python", type=Path, default=ANOMALIB_PYTHON)

@@ -18,7 +18,7 @@ from torch import nn
 
 from anomopt.data import generate_synthetic
 from anomopt.errors import ConfigError
-from anomopt.models import build_model
+from anomopt.models import RECIPES, build_model
 from anomopt.train import TrainConfig, depthwise_in_fp32, resolve_precision, train_model
 from conftest import ImageList
 
@@ -144,7 +144,8 @@ def test_benchmark_end_to_end_skips_anomalib_cleanly(tmp_path, capsys):
     assert [r["method"] for r in rows] == ["fp32"]
     assert len(runs[0].epochs) == 2 and rows[0]["images_per_s"] > 0 and rows[0]["setup_s"] > 0
     assert 0.0 <= rows[0]["final_image_auroc"] <= 1.0
-    assert "| fp32 |" in b.to_markdown(rows, meta) and "sgd lr 0.8 momentum 0.9" in meta["optimizer"]
+    assert "| fp32 |" in b.to_markdown(rows, meta)
+    assert f"sgd lr {RECIPES['stfpm'].lr:g} momentum 0.9" in meta["optimizer"]
     saved = tmp_path / "run.json"
     saved.write_text(json.dumps({"rows": rows, "meta": meta, "runs": [asdict(r) for r in runs]}))
     again, meta2, runs2 = b.load_json(saved, 0.9)

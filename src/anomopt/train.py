@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,13 +126,8 @@ def resolved_recipe(config: TrainConfig, model_name: str) -> Recipe:
         raise ConfigError(
             f"optimizer {chosen!r} is not {model_name}'s default ({recipe.optimizer}): give its learning rate too"
         )
-    return Recipe(
-        blur_sigma=recipe.blur_sigma,
-        optimizer=chosen,
-        lr=recipe.lr if config.lr is None else config.lr,
-        weight_decay=recipe.weight_decay if config.weight_decay is None else config.weight_decay,
-        momentum=recipe.momentum if config.momentum is None else config.momentum,
-    )
+    given = {"lr": config.lr, "weight_decay": config.weight_decay, "momentum": config.momentum}
+    return replace(recipe, optimizer=chosen, **{k: v for k, v in given.items() if v is not None})
 
 
 def make_optimizer(params: list[nn.Parameter], config: TrainConfig, model_name: str) -> torch.optim.Optimizer:

@@ -1,8 +1,8 @@
 """Per-model defaults as data: the anomaly-map blur and the training optimizer.
 
-Measured, not inherited (benchmarks/RESULTS.md, "Training recipes"): STFPM trains far better with SGD +
-momentum than with Adam, and a Gaussian blur of the map lowers image AUROC for STFPM and RD (it smears small
-defects before the max) while it helps Uninformed Students, whose raw maps are noisy.
+Measured, not inherited (docs/training.md, "The STFPM recipe, and how it was chosen"): STFPM trains far
+better with SGD + momentum than with Adam, and a Gaussian blur of the map lowers image AUROC for STFPM and
+RD (it smears small defects before the max) while it helps Uninformed Students, whose raw maps are noisy.
 """
 
 from __future__ import annotations
