@@ -1,4 +1,6 @@
 # Two commands for a new user: `make demo` and `make test`. Each creates .venv when missing.
+# `make setup` only creates .venv: the project (editable) with its training extra and the test tools,
+# at the versions pinned in constraints.txt.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +13,7 @@ export PYTHONHASHSEED := 0
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)

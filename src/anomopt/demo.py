@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from anomopt.io import write_json_atomic
 
@@ -75,6 +74,8 @@ def _overlays(preds, normalization: dict[str, Any], test, per_category: int = 2)
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the whole demo; returns the summary dict that is also written to ``<out>/summary.json``."""
+    import torch
+
     from anomopt.api import optimize
     from anomopt.bench import measure_ort, measure_torch
     from anomopt.data import generate_synthetic, load_mvtec

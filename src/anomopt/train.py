@@ -216,7 +216,10 @@ def train_model(
         targets = [t.contiguous(memory_format=torch.channels_last) for t in targets]
     runner: nn.Module = _LossModule(model)
     if world > 1:
-        runner = nn.parallel.DistributedDataParallel(runner, find_unused_parameters=False)
+        # Every parameter a step trains must get a gradient (the feature extractors end at their last tap);
+        # only models whose trained parameters change by phase (US) let DDP look for unused ones.
+        phased = bool(getattr(model, "phased_training", False))
+        runner = nn.parallel.DistributedDataParallel(runner, find_unused_parameters=phased)
     steps = math.ceil(n / config.batch_size)
     t0 = time.perf_counter()
     seen = 0

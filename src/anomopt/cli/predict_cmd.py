@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
-import io
 from pathlib import Path
 
 from anomopt.errors import DataError
@@ -52,23 +51,9 @@ def expand_inputs(items: list[str]) -> list[Path]:
 
 
 def _overlay_png(image, amap, mask) -> bytes:
-    import matplotlib
+    from anomopt.runtime.overlay import overlay_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(6, 3))
-    axes[0].imshow(image)
-    axes[0].imshow(amap, cmap="jet", alpha=0.45)
-    axes[1].imshow(image)
-    if mask.any():
-        axes[1].contour(mask.astype(float), levels=[0.5], colors="red", linewidths=1.2)
-    for a in axes:
-        a.axis("off")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return overlay_png(image, amap, mask)
 
 
 def run(args: argparse.Namespace) -> int:

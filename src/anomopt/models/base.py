@@ -125,6 +125,9 @@ class KDModel(nn.Module):
     teacher: nn.Module
     student: nn.Module
     head: MapHead
+    #: True when the parameters a step trains change between epochs (US: teachers first, then students);
+    #: multi-process (DDP) training then lets DDP skip the parameters a phase does not use.
+    phased_training: bool = False
 
     def train(self, mode: bool = True) -> KDModel:
         super().train(mode)

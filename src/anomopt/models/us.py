@@ -37,7 +37,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from anomopt.models.backbones import feature_channels
+from anomopt.models.backbones import feature_channels, get_backbone_config
 from anomopt.models.base import KDModel, MapHead, ModelConfig, freeze
 from anomopt.models.teacher import Teacher
 
@@ -237,6 +237,8 @@ def _compactness(desc: torch.Tensor) -> torch.Tensor:
 class UninformedStudents(KDModel):
     """Uninformed Students: descriptor teachers per patch size and a 3-student ensemble for each."""
 
+    phased_training = True
+
     def __init__(self, config: ModelConfig | None = None, pretrained: bool = True, weights=None) -> None:
         super().__init__()
         self.config = config or ModelConfig(model="us")
@@ -254,9 +256,13 @@ class UninformedStudents(KDModel):
         self.compactness = float(extra.get("compactness", 0.0))
         self.precise_bn = bool(extra.get("precise_bn", True))
         self.shrink = float(extra.get("whiten_shrink", 1e-3))
-        self.backbone = freeze(Teacher(self.config.backbone, pretrained, weights))
         channels = feature_channels(self.config.backbone)
         self.target_taps = tuple(int(i) for i in extra.get("target_taps", (0,)))
+        # The backbone is built only up to the deepest target tap: the rest would be dead compute.
+        self._backbone_taps = tuple(sorted(set(self.target_taps)))
+        backbone_cfg = get_backbone_config(self.config.backbone)
+        taps = [backbone_cfg.taps[i] for i in self._backbone_taps]
+        self.backbone = freeze(Teacher(self.config.backbone, pretrained, weights, taps=taps))
         targets = sum(channels[i] for i in self.target_taps)
         bn = bool(extra.get("batchnorm", True))
         teacher_bn = bool(extra.get("teacher_batchnorm", bn))
@@ -353,7 +359,7 @@ class UninformedStudents(KDModel):
 
         Each tapped map (overall stride ``s``, "same" padding: cell ``i`` centred on pixel ``s*i + s - 1``) is
         sampled bilinearly at the centres of the teachers' stride-4 patches (pixel ``4*j + 2``)."""
-        feats = self.backbone(x)
+        feats = dict(zip(self._backbone_taps, self.backbone(x), strict=True))
         h, w = -(-x.shape[-2] // STRIDE), -(-x.shape[-1] // STRIDE)
         out = []
         for i in self.target_taps:
