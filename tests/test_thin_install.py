@@ -51,13 +51,15 @@ def exported(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model("stfpm", image_size=SIZE).eval()
     calib = torch.rand(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    work = tmp_path_factory.mktemp("work")
     om = optimize(model, "cpu", 32, calib=calib, categories=CATEGORIES, normalization=NORMALIZATION,
-                  workdir=tmp_path_factory.mktemp("work"), progress=False)
+                  workdir=work, progress=False)
     artifact = om.save(tmp_path_factory.mktemp("art") / "stfpm-cpu-fp32")
     images = tmp_path_factory.mktemp("images")
     for i, defect in enumerate([None, "hole", None]):
         image, _ = render_sample("fabric", i, defect=defect, image_size=SIZE)
         Image.fromarray(image).save(images / f"{i}.png")
+    shutil.rmtree(work)  # as `anomopt export` does with its work folder
     return artifact, model, images
 
 
@@ -169,3 +171,14 @@ def test_thin_commands_needing_torch_name_the_extra(thin_venv, tmp_path, command
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
     assert f"`anomopt {command[0]}` needs the training extra" in lines[0] and "anomopt[train]" in lines[0]
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_report_json_names_no_deleted_work_folder(exported):
+    """Pass notes point into the artifact folder, not into the (deleted) folder the model was lowered in."""
+    artifact = exported[0]
+    text = (artifact / "report.json").read_text()
+    report = json.loads(text)
+    lower = [p for p in report["passes"] if p["name"] == "lower"][-1]
+    assert lower["notes"]["artifact"] == "."
+    stale = [line for line in text.splitlines() if str(artifact.parent.parent) in line]
+    assert not stale

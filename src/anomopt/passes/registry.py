@@ -33,7 +33,10 @@ def resolve_pass(spec: str | Pass | type[Pass], **options: Any) -> Pass:
             module = importlib.import_module(module_name)
             cls = getattr(module, attr)
         except (ImportError, AttributeError) as err:
-            raise ConfigError(f"cannot import custom pass {spec!r}: {err}") from None
+            raise ConfigError(
+                f"cannot import custom pass {spec!r}: {err}; install the package that holds it, "
+                "or add the folder containing it to PYTHONPATH"
+            ) from None
         if not (isinstance(cls, type) and issubclass(cls, Pass)):
             raise ConfigError(f"{spec!r} is not a subclass of anomopt.passes.Pass")
         return cls(**options)

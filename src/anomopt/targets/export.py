@@ -53,6 +53,19 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+def _relative_to_artifact(value: Any, lowered_dir: Path) -> Any:
+    """``value`` with every path into the lowering folder (a work folder, often deleted after saving)
+    rewritten relative to the artifact folder, which holds copies of those files (``"."`` = the folder)."""
+    prefix = str(lowered_dir)
+    if isinstance(value, dict):
+        return {k: _relative_to_artifact(v, lowered_dir) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_relative_to_artifact(v, lowered_dir) for v in value]
+    if isinstance(value, str) and prefix in value:
+        return "." if value == prefix else value.replace(prefix + "/", "").replace(prefix, ".")
+    return value
+
+
 def _lowered_record(optimized_model: Any) -> dict[str, Any] | None:
     record = optimized_model.graph.meta.get("artifact")
     if not isinstance(record, dict):
@@ -102,7 +115,8 @@ def save_artifact(optimized_model: Any, out_dir: Path) -> Path:
             report = dict(optimized_model.report)
             report["artifact"] = {k: v for k, v in record.items() if k not in ("dir", "model")}
             report["artifact"]["lowered_at_save"] = lowered_here
-            (tmp / "report.json").write_text(json.dumps(_jsonable(report), indent=2, sort_keys=True) + "\n")
+            report = _relative_to_artifact(_jsonable(report), src)
+            (tmp / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
             files = {}
             for path in sorted(tmp.iterdir()):
                 if path.is_file() and path.name != META_FILE:
