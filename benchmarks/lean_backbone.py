@@ -103,7 +103,7 @@ def main() -> int:
                   f"({med['lean'] / med['full']:.2f}x); setup {rows[-1][5]:.2f} s -> {rows[-1][6]:.2f} s", flush=True)
     cpu = subprocess.run(["sh", "-c", "lscpu | grep 'Model name' | cut -d: -f2"], capture_output=True, text=True)
     lines = [
-        f"\n## Lean feature extractors: training throughput ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC)\n",
+        f"\n## Lean feature extractors: training throughput ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
         f"- command: `{' '.join(['benchmarks/lean_backbone.py', *sys.argv[1:]])}`",
         f"- data: {args.data.name}, {len(train)} training images ({args.train_per_category} per category), "
         f"{args.image_size} px, batch {args.batch_size}, precision {args.precision}, {args.threads} thread(s)",
