@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(gc.SCRATCH / "decisions"), help="artifacts and decisions.json")
     p.add_argument("--results", default=None, help="append a section to this RESULTS.md")
+    p.add_argument("--reuse", action="store_true", help="reuse rows already in OUT/decisions.json")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     names = ["cpu-fp32"] + [n for n in args.pipelines.split(",") if n and n != "cpu-fp32"]
@@ -142,12 +143,16 @@ def main(argv: list[str] | None = None) -> int:
         label = f"{ckpt.parent.name}"
         rows: dict[str, dict[str, Any]] = {}
         for name in names:
+            if args.reuse and name in store.get(label, {}):
+                rows[name] = store[label][name]
+                print(f"[{label}] {name}: reused from {out / 'decisions.json'}", flush=True)
+                continue
             print(f"[{label}] {name} ...", flush=True)
             rows[name] = run_one(ckpt, root, name, out / label, args)
             print(f"[{label}] {name}: mean FR {100 * rows[name]['mean']['false_reject_rate']:.1f} %, escapes "
                   f"{100 * rows[name]['mean']['escape_rate']:.1f} %, median z good "
                   f"{rows[name]['mean']['median_z_good']:.2f} ({rows[name]['optimize_s']:.0f} s)", flush=True)
-            store[label] = rows
+            store[label] = {**store.get(label, {}), **rows}
             gc.write_json(out / "decisions.json", store)
         sections.append(table(label, rows))
         print(sections[-1], flush=True)

@@ -73,6 +73,7 @@ class OptimizedModel:
             "calibration": self.graph.meta.get("calibration"),
             "kept_fp": self.graph.meta.get("kept_fp", []),
             "artifact": self.graph.meta.get("artifact"),
+            "thresholds": self.graph.meta.get("normalization_source"),
         }
         if self.metrics_before is not None:
             out["metrics_before"] = self.metrics_before
@@ -234,6 +235,11 @@ def optimize(
 
     work = copy.deepcopy(model).eval()
     size = work.config.image_size
+    val_set, val_how = _validation_set(val, payload, data_root, categories, size)  # fail fast, before passes
+    if val_set is None and policy is not None:
+        raise ConfigError(
+            f"threshold policy {policy.spec} needs normal validation images: pass val=... or data_root=..."
+        )
     torch.manual_seed(seed)
     n_calib_pool = len(calib) if calib is not None else 0  # type: ignore[arg-type]
     reserve = HELD_IMAGES if n_calib_pool > HELD_IMAGES * 2 else 0
@@ -292,17 +298,12 @@ def optimize(
     if eval is not None and wants_gate and not any(isinstance(p, AccuracyGate) for p in run_passes):
         run_passes.append(AccuracyGate())
     graph, report = PassManager(run_passes).run(graph, ctx)
-    val_set, val_how = _validation_set(val, payload, data_root, categories, size)
     if val_set is not None:
         _ensure_lowered(graph, spec, bits, ctx)
         normalization, source = refit_thresholds(graph, val_set, policy, progress)
         source["validation"] = val_how
         graph.meta["normalization_source"] = source
     else:
-        if policy is not None:
-            raise ConfigError(
-                f"threshold policy {policy.spec} needs normal validation images: pass val=... or data_root=..."
-            )
         graph.meta["normalization_source"] = {
             "model": "as given (not re-fitted: no validation images)",
             "threshold_policy": _policy_of(normalization),
