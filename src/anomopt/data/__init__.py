@@ -1,7 +1,7 @@
 """Data loading for anomaly detection: image/mask decoding, MVTec and folder layouts, synthetic data.
 
-The names load lazily (PEP 562): ``anomopt.data.images`` and ``anomopt.data.layout`` need only numpy and
-pillow, so importing one of them (or the package) does not pull in torch, which ``dataset`` needs.
+Names are imported lazily, so ``anomopt.data.images`` and ``anomopt.data.layout`` (numpy + Pillow only)
+serve the torch-free runtime without pulling in torch.
 """
 
 from __future__ import annotations
@@ -9,25 +9,57 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_SOURCES = {
-    "dataset": ("SPLITS", "AnomalyDataset", "collate", "dataset_categories", "load_folder", "load_mvtec"),
-    "images": ("IMAGE_EXTENSIONS", "check_mask_matches_image", "read_image", "read_mask"),
-    "layout": ("CategorySplit", "Sample", "list_categories", "scan_folder", "scan_mvtec", "split_validation"),
-    "synthetic": ("DEFECT_TYPES", "SYNTHETIC_CATEGORIES", "generate_synthetic", "render_sample"),
+_WHERE = {
+    "SPLITS": "dataset",
+    "AnomalyDataset": "dataset",
+    "collate": "dataset",
+    "dataset_categories": "dataset",
+    "load_folder": "dataset",
+    "load_mvtec": "dataset",
+    "IMAGE_EXTENSIONS": "images",
+    "check_mask_matches_image": "images",
+    "read_image": "images",
+    "read_mask": "images",
+    "CategorySplit": "layout",
+    "Sample": "layout",
+    "list_categories": "layout",
+    "scan_folder": "layout",
+    "scan_mvtec": "layout",
+    "split_validation": "layout",
+    "DEFECT_TYPES": "synthetic",
+    "SYNTHETIC_CATEGORIES": "synthetic",
+    "generate_synthetic": "synthetic",
+    "render_sample": "synthetic",
 }
-_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
 
 
 def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'anomopt.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"anomopt.data.{module}"), name)
-    globals()[name] = value
-    return value
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"anomopt.data.{_WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'anomopt.data' has no attribute {name!r}")
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__ = [
+    "DEFECT_TYPES",
+    "IMAGE_EXTENSIONS",
+    "SPLITS",
+    "SYNTHETIC_CATEGORIES",
+    "AnomalyDataset",
+    "CategorySplit",
+    "Sample",
+    "check_mask_matches_image",
+    "collate",
+    "dataset_categories",
+    "generate_synthetic",
+    "list_categories",
+    "load_folder",
+    "load_mvtec",
+    "read_image",
+    "read_mask",
+    "render_sample",
+    "scan_folder",
+    "scan_mvtec",
+    "split_validation",
+]
