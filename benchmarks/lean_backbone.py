@@ -6,8 +6,9 @@ This measures what that buys in training, in one process: the "full" models are 
 switched off (exactly the networks of earlier versions), the "lean" ones as shipped. Both variants train
 the same images, interleaved epoch by epoch (the order alternates every round), so they share the machine
 load. Reported per model and feature-cache mode: median training images/s over the rounds (the training
-loop only) and median setup seconds (stacking the images and, with the cache, the frozen teacher's
-features). Run::
+loop only), median setup seconds (stacking the images and, with the cache, the frozen teacher's
+features), and, robust to other load on the machine, images per CPU-second of this process over the whole
+epoch call (setup included; with one thread, CPU time is the work done). Run::
 
     PYTHONPATH=src .venv/bin/python benchmarks/lean_backbone.py --image-size 128 --rounds 5
 """
@@ -87,18 +88,22 @@ def main() -> int:
             models = {v: _build(name, args.image_size, v == "lean") for v in ("full", "lean")}
             speed: dict[str, list[float]] = {v: [] for v in models}
             setup: dict[str, list[float]] = {v: [] for v in models}
+            per_cpu: dict[str, list[float]] = {v: [] for v in models}
             for r in range(args.rounds + 1):  # round 0 warms up and is not counted
                 for v in (["full", "lean"] if r % 2 == 0 else ["lean", "full"]):
                     cfg = TrainConfig(epochs=1, batch_size=args.batch_size, precision=args.precision, progress=False,
                                       cache_features=cache == "on", seed=r)
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     result = train_model(models[v], train, cfg)
                     if r:
                         speed[v].append(result.images_per_second)
                         setup[v].append(time.perf_counter() - t0 - result.seconds)
+                        per_cpu[v].append(len(train) / (time.process_time() - c0))
             med = {v: statistics.median(speed[v]) for v in models}
+            cpu_med = {v: statistics.median(per_cpu[v]) for v in models}
             rows.append((name, cache, med["full"], med["lean"], med["lean"] / med["full"],
-                         statistics.median(setup["full"]), statistics.median(setup["lean"])))
+                         statistics.median(setup["full"]), statistics.median(setup["lean"]),
+                         cpu_med["full"], cpu_med["lean"], cpu_med["lean"] / cpu_med["full"]))
             print(f"{name} cache={cache}: full {med['full']:.1f} img/s, lean {med['lean']:.1f} img/s "
                   f"({med['lean'] / med['full']:.2f}x); setup {rows[-1][5]:.2f} s -> {rows[-1][6]:.2f} s", flush=True)
     cpu = subprocess.run(["sh", "-c", "lscpu | grep 'Model name' | cut -d: -f2"], capture_output=True, text=True)
@@ -110,9 +115,11 @@ def main() -> int:
         f"- machine: {cpu.stdout.strip() or platform.processor()}, {os.cpu_count()} logical CPUs, load average "
         f"{load:.2f} at the start (other jobs were running); medians of {args.rounds} interleaved epochs per variant",
         "- full = timm's block list (earlier versions), lean = cut after the last tap (this version)\n",
-        "| model | teacher-feature cache | full images/s | lean images/s | lean / full | setup s full | setup s lean |",
-        "|---|---|---|---|---|---|---|",
-        *[f"| {n} | {c} | {f:.1f} | {le:.1f} | {x:.2f}x | {sf:.2f} | {sl:.2f} |" for n, c, f, le, x, sf, sl in rows],
+        "| model | teacher-feature cache | full images/s | lean images/s | lean / full | setup s full | setup s lean "
+        "| full images/CPU-s | lean images/CPU-s | lean / full (CPU) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *[f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:.2f}x | {r[5]:.2f} | {r[6]:.2f} "
+          f"| {r[7]:.1f} | {r[8]:.1f} | {r[9]:.2f}x |" for r in rows],
     ]
     print("\n".join(lines))
     if not args.no_write:
