@@ -75,6 +75,13 @@ def lower_graph(
     quantized = bits == 8
     if quantized and not graph.meta.get("quantized_layers"):
         raise TargetError("INT8 lowering needs the insert_fake_quant and calibrate passes before 'lower'")
+    backend = str((graph.meta.get("quant") or {}).get("backend", "anomopt")) if quantized else "anomopt"
+    explicit = opts.get("trt_quantization", "explicit") == "explicit"
+    if backend == "modelopt" and (target.runtime != "tensorrt" or not explicit):
+        raise TargetError(
+            "a ModelOpt-quantized graph lowers to TensorRT explicit quantization only "
+            "(xavier_nx / orin, trt_quantization='explicit')"
+        )
     if target.runtime == "onnxruntime":
         fp32 = export_onnx(graph, work / "model_fp32.onnx", opset=opset)
         notes["export"] = fp32.notes
@@ -106,7 +113,12 @@ def lower_graph(
         if mode not in ("explicit", "implicit"):
             raise TargetError(f"trt_quantization must be 'explicit' or 'implicit', not {mode!r}")
         calib_file = None
-        if quantized and mode == "explicit":
+        if quantized and backend == "modelopt":
+            from anomopt.targets.modelopt_quant import export_modelopt_qdq
+
+            notes["export"] = export_modelopt_qdq(graph, out / MODEL_FILE, opset=opset).notes
+            record["quantization"] = "explicit (Q/DQ in the ONNX, NVIDIA ModelOpt placement and calibration)"
+        elif quantized and mode == "explicit":
             qdq = trt.export_qdq_onnx(graph, out / MODEL_FILE, opset=opset)
             notes["export"] = qdq.notes
             record["quantization"] = "explicit (Q/DQ in the ONNX)"
