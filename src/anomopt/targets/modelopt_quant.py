@@ -57,6 +57,8 @@ def quantizer_variant(quantizer: str, variant: str | None, pipeline: str | None 
     if pipeline:
         raise ConfigError("--quantizer modelopt picks a shipped pipeline; with --pipeline put the "
                           "'modelopt_quantize' pass in your TOML instead")
+    if variant == "torch_tensorrt":  # the <target>-int8-torch_tensorrt pipeline quantizes with ModelOpt too
+        return variant
     if variant and variant != "modelopt":
         raise ConfigError(f"--quantizer modelopt and --variant {variant} both pick the pipeline: give one")
     return "modelopt"
