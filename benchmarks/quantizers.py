@@ -4,7 +4,8 @@ For every trained unified checkpoint ``MODELS/<model>-<data>/model.ckpt`` (model
 synth) it builds, through :func:`anomopt.api.optimize` with the shipped pipelines:
 
 - ``FP32``: ``xavier_nx-fp32`` (the FP32 ONNX);
-- ``anomopt``: ``xavier_nx-int8`` (our symmetric int8 fake quant, entropy calibration, our QDQ export);
+- ``anomopt``: ``xavier_nx-int8`` (our symmetric int8 fake quant, entropy calibration, our QDQ export), and
+  ``anomopt-max`` (the same with max calibration);
 - ``modelopt``: ``xavier_nx-int8-modelopt`` (``mtq.quantize`` INT8_DEFAULT_CFG on the student, ModelOpt's
   HistogramCalibrator with entropy, 2048 bins), and ``modelopt-max`` (ModelOpt's default MaxCalibrator);
 
@@ -41,6 +42,7 @@ from anomopt.data import load_mvtec  # noqa: E402
 VARIANTS: dict[str, tuple[int, str | None, dict[str, dict[str, Any]]]] = {
     "FP32": (32, None, {}),
     "anomopt": (8, None, {"calibrate": {"method": "entropy"}}),
+    "anomopt-max": (8, None, {"calibrate": {"method": "max"}}),
     "modelopt": (8, "modelopt", {"modelopt_quantize": {"method": "entropy"}}),
     "modelopt-max": (8, "modelopt", {"modelopt_quantize": {"method": "max"}}),
 }
@@ -52,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", default="stfpm,rd")
     p.add_argument("--data", default="realdev,synth", help="realdev and/or synth (MODELS/synth)")
     p.add_argument("--realdev", default=str(gc.REALDEV))
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
     p.add_argument("--calib-images", type=int, default=64)
     p.add_argument("--max-test-per-category", type=int, default=100)
     p.add_argument("--num-bins", type=int, default=2048, help="ModelOpt histogram bins (TensorRT uses 2048)")

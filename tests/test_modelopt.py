@@ -192,3 +192,23 @@ def test_cli_export_quantizer_modelopt_writes_a_modelopt_artifact(tmp_path, caps
     # the flag and --variant both pick the pipeline: one line, exit 2
     assert main(argv[:-3] + ["--variant", "qat", "--out", str(tmp_path / "other")]) == 2
     assert "both pick the pipeline" in capsys.readouterr().err
+
+
+def test_benchmark_placement_helpers_on_a_modelopt_artifact(rd_max, tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import quantizers
+
+    path = rd_max.graph.meta["artifact"]["model"]
+    placement = quantizers.qdq_placement(path)
+    proto = onnx.load(path)
+    student_convs = {n.name for n in proto.graph.node if n.op_type == "Conv" and n.name.startswith("/student/")}
+    assert set(placement["convs"]) == student_convs and placement["weight_dq"] == len(student_convs)
+    assert all(s is not None and s > 0 for s in placement["convs"].values())
+    same = quantizers.placement_diff(placement, placement)
+    assert same["only_a"] == same["only_b"] == [] and same["scale_ratio_median"] == pytest.approx(1.0)
+    halved = {**placement, "convs": {k: v / 2 for k, v in list(placement["convs"].items())[1:]}}
+    diff = quantizers.placement_diff(placement, halved)
+    assert diff["only_a"] == [next(iter(placement["convs"]))] and diff["scale_ratio_max"] == pytest.approx(0.5)
