@@ -15,6 +15,7 @@ from anomopt.passes import load_pipeline, pipeline_path
 from anomopt.targets.modelopt_quant import quantizer_variant
 
 SIZE = 64
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_modelopt_pipelines_resolve_without_modelopt():
@@ -47,14 +48,6 @@ from anomopt.api import optimize  # noqa: E402
 from anomopt.models import build_model  # noqa: E402
 from anomopt.targets import tensorrt as trt  # noqa: E402
 from anomopt.targets.modelopt_quant import modelopt_quantizers  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -85,12 +85,11 @@ def _mvtec(root: Path) -> Path:
     return root
 
 
-def test_dry_run_builds_artifacts_and_prints_the_plan(tmp_path, capsys):
+def test_dry_run_builds_artifacts_and_prints_the_plan(tmp_path, capsys, one_torch_thread):
     from anomopt.checkpoint import save_checkpoint
     from anomopt.models import build_model
 
     torch.manual_seed(0)
-    torch.set_num_threads(1)
     ckpt = save_checkpoint(tmp_path / "m.ckpt", build_model("rd", image_size=SIZE), ["toy"])
     data = _mvtec(tmp_path / "data")
     work = tmp_path / "work"
