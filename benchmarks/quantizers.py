@@ -7,7 +7,7 @@ synth) it builds, through :func:`anomopt.api.optimize` with the shipped pipeline
 - ``anomopt``: ``xavier_nx-int8`` (our symmetric int8 fake quant, entropy calibration, our QDQ export), and
   ``anomopt-max`` (the same with max calibration);
 - ``modelopt``: ``xavier_nx-int8-modelopt`` (``mtq.quantize`` INT8_DEFAULT_CFG on the student, ModelOpt's
-  HistogramCalibrator with entropy, 2048 bins), and ``modelopt-max`` (ModelOpt's default MaxCalibrator);
+  default MaxCalibrator), and ``modelopt-entropy`` (its HistogramCalibrator with entropy, 2048 bins);
 
 calibrated on the same normal training images, and measures each QDQ ONNX as ONNX Runtime runs it (the
 functional stand-in for the TensorRT engine: same int8 grid): image / pixel AUROC on the test split, drift
@@ -43,9 +43,12 @@ VARIANTS: dict[str, tuple[int, str | None, dict[str, dict[str, Any]]]] = {
     "FP32": (32, None, {}),
     "anomopt": (8, None, {"calibrate": {"method": "entropy"}}),
     "anomopt-max": (8, None, {"calibrate": {"method": "max"}}),
-    "modelopt": (8, "modelopt", {"modelopt_quantize": {"method": "entropy"}}),
-    "modelopt-max": (8, "modelopt", {"modelopt_quantize": {"method": "max"}}),
+    "modelopt": (8, "modelopt", {"modelopt_quantize": {"method": "max"}}),
+    "modelopt-entropy": (8, "modelopt", {"modelopt_quantize": {"method": "entropy"}}),
 }
+
+
+PAIRS = (("anomopt", "modelopt"), ("anomopt-max", "modelopt"), ("modelopt", "modelopt-entropy"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -214,17 +217,19 @@ def tables(results: dict[tuple[str, str], dict[str, Any]]) -> str:
                          gc.fmt(drift.get("score", float("nan")), 4) if drift else "",
                          gc.fmt(drift.get("map", float("nan")), 4) if drift else "",
                          str(convs) if variant != "FP32" else "", f"{r['optimize_seconds']:.0f}"])
-        if "anomopt" in rows and "modelopt" in rows:
-            d = placement_diff(rows["anomopt"]["placement"], rows["modelopt"]["placement"])
-            diffs.append([model, data, str(d["shared_convs"]), ", ".join(d["only_a"]) or "none",
+        for a, b in PAIRS:
+            if a not in rows or b not in rows:
+                continue
+            d = placement_diff(rows[a]["placement"], rows[b]["placement"])
+            diffs.append([model, data, f"{a} / {b}", str(d["shared_convs"]), ", ".join(d["only_a"]) or "none",
                           ", ".join(d["only_b"]) or "none",
                           f"{gc.fmt(d['scale_ratio_median'], 2)} ({gc.fmt(d['scale_ratio_min'], 2)}-"
                           f"{gc.fmt(d['scale_ratio_max'], 2)})"])
     out = gc.md_table(head, body)
     if diffs:
         out += "\n\n" + gc.md_table(
-            ["model", "data", "convs both quantize", "only anomopt", "only ModelOpt",
-             "ModelOpt / anomopt activation scale, median (min-max)"], diffs)
+            ["model", "data", "A / B", "convs both quantize", "only A", "only B",
+             "B / A activation scale, median (min-max)"], diffs)
     return out
 
 
