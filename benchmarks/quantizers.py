@@ -193,16 +193,24 @@ def measure_pair(model_name: str, data: str, args: argparse.Namespace, store: di
         for variant, path in paths.items():
             if variant != "FP32":
                 rows[variant]["drift"] = gc.output_drift(path, paths["FP32"], test, args.ort_threads)
+                # label-free: the same drift on normal training images (what a user can measure to choose)
+                rows[variant]["train_drift"] = gc.output_drift(path, paths["FP32"], train, args.ort_threads)
     return rows
 
 
 # ------------------------------------------------------------------------------------------ reporting
 
 
+def _pair(test: dict[str, float], train: dict[str, float], key: str) -> str:
+    if not test:
+        return ""
+    return f"{gc.fmt(test.get(key, float('nan')), 4)} / {gc.fmt(train.get(key, float('nan')), 4)}"
+
+
 def tables(results: dict[tuple[str, str], dict[str, Any]]) -> str:
     """The comparison table and the placement table (markdown)."""
     head = ["model", "data", "quantizer", "image AUROC", "pixel AUROC", "d image (pts)", "d pixel (pts)",
-            "score drift", "map drift", "quantized convs", "optimize s"]
+            "score drift test / train", "map drift test / train", "quantized convs", "optimize s"]
     body = []
     diffs = []
     for (model, data), rows in results.items():
@@ -214,8 +222,7 @@ def tables(results: dict[tuple[str, str], dict[str, Any]]) -> str:
             convs = len(r["placement"]["convs"]) if "placement" in r else 0
             body.append([model, data, variant, gc.fmt(r["image_auroc"]), gc.fmt(r["pixel_auroc"]),
                          gc.fmt(di, 2) if variant != "FP32" else "", gc.fmt(dp, 2) if variant != "FP32" else "",
-                         gc.fmt(drift.get("score", float("nan")), 4) if drift else "",
-                         gc.fmt(drift.get("map", float("nan")), 4) if drift else "",
+                         _pair(drift, r.get("train_drift", {}), "score"), _pair(drift, r.get("train_drift", {}), "map"),
                          str(convs) if variant != "FP32" else "", f"{r['optimize_seconds']:.0f}"])
         for a, b in PAIRS:
             if a not in rows or b not in rows:
@@ -248,19 +255,21 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         print("nothing measured (no checkpoints found)")
         return 1
+    dates = sorted(r["date"] for rows in results.values() for r in rows.values())
     text = "\n".join([
         f"## Jetson INT8 quantizers: anomopt vs NVIDIA ModelOpt ({gc.utc_now()})",
         "",
         f"- command: `{gc.command_line()}`",
         f"- machine: {gc.machine()}; load average at start {gc.fmt_load(load_start)}, at end "
         f"{gc.fmt_load(gc.load_now())}; torch threads {args.torch_threads}, ONNX Runtime threads {args.ort_threads}",
-        f"- wall time: {(time.perf_counter() - t0) / 60:.1f} min",
+        f"- wall time: {(time.perf_counter() - t0) / 60:.1f} min; rows measured {dates[0]} to {dates[-1]} "
+        "(--resume reuses rows of earlier runs of the same settings; 'optimize s' is each row's own build time)",
         f"- checkpoints: {args.models_dir}/<model>-<data>/model.ckpt (unified, 128 px); calibration: "
         f"{args.calib_images} normal training images; test: at most {args.max_test_per_category} images per "
         f"category; ModelOpt histogram {args.num_bins} bins",
         "- metrics: mean over categories, from each xavier_nx artifact's ONNX as ONNX Runtime (CPU) runs it: a "
         "functional stand-in for the TensorRT engine (same int8 grid), NOT a TensorRT build; drift = relative L2 "
-        "vs the FP32 artifact on 16 test images",
+        "of scores / maps vs the FP32 artifact on 16 test images and on 16 normal training images (no labels)",
         "",
         tables(results),
         "",
