@@ -205,3 +205,18 @@ def test_benchmark_placement_helpers_on_a_modelopt_artifact(rd_max, tmp_path):
     halved = {**placement, "convs": {k: v / 2 for k, v in list(placement["convs"].items())[1:]}}
     diff = quantizers.placement_diff(placement, halved)
     assert diff["only_a"] == [next(iter(placement["convs"]))] and diff["scale_ratio_max"] == pytest.approx(0.5)
+
+
+def test_cli_optimize_quantizer_modelopt(tmp_path):
+    from anomopt.checkpoint import save_checkpoint
+    from anomopt.cli.main import main
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "model.ckpt", build_model("rd", image_size=SIZE), ["toy"])
+    data = _mvtec(tmp_path / "data")
+    out = tmp_path / "art"
+    assert main(["optimize", str(ckpt), "--data", str(data), "--target", "orin", "--bits", "8", "--quantizer",
+                 "modelopt", "--calib-samples", "8", "--out", str(out), "--quiet"]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["pipeline"] == "orin-int8-modelopt" and meta["target"] == "orin"
+    assert meta["quant"]["backend"] == "modelopt" and meta["calibration"]["method"] == "max"  # the pipeline's
