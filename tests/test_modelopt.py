@@ -11,10 +11,13 @@ import torch
 from PIL import Image
 
 from anomopt.errors import ConfigError, TargetError
+from anomopt.normalization import fit_normalization
 from anomopt.passes import load_pipeline, pipeline_path
 from anomopt.targets.modelopt_quant import quantizer_variant
 
 SIZE = 64
+# finished-training thresholds (optimize/export refuse a checkpoint without them)
+NORM = fit_normalization(["toy"] * 20, np.linspace(0.1, 0.9, 20))
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -171,7 +174,8 @@ def test_cli_export_quantizer_modelopt_writes_a_modelopt_artifact(tmp_path, caps
     from anomopt.cli.main import main
 
     torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path / "model.ckpt", build_model("rd", image_size=SIZE), ["toy"])
+    model = build_model("rd", image_size=SIZE)
+    ckpt = save_checkpoint(tmp_path / "model.ckpt", model, ["toy"], normalization=NORM)
     data = _mvtec(tmp_path / "data")
     out = tmp_path / "art"
     argv = ["export", str(ckpt), "--target", "xavier_nx", "--bits", "8", "--quantizer", "modelopt",
@@ -212,7 +216,8 @@ def test_cli_optimize_quantizer_modelopt(tmp_path):
     from anomopt.cli.main import main
 
     torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path / "model.ckpt", build_model("rd", image_size=SIZE), ["toy"])
+    model = build_model("rd", image_size=SIZE)
+    ckpt = save_checkpoint(tmp_path / "model.ckpt", model, ["toy"], normalization=NORM)
     data = _mvtec(tmp_path / "data")
     out = tmp_path / "art"
     assert main(["optimize", str(ckpt), "--data", str(data), "--target", "orin", "--bits", "8", "--quantizer",

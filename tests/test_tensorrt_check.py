@@ -11,12 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
+from anomopt.normalization import fit_normalization
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import tensorrt_check as tc  # noqa: E402
 
 SIZE = 64
+# finished-training thresholds (optimize/export refuse a checkpoint without them)
+NORM = fit_normalization(["toy"] * 20, np.linspace(0.1, 0.9, 20))
 
 
 def test_arguments_are_checked():
@@ -90,7 +94,8 @@ def test_dry_run_builds_artifacts_and_prints_the_plan(tmp_path, capsys, one_torc
     from anomopt.models import build_model
 
     torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path / "m.ckpt", build_model("rd", image_size=SIZE), ["toy"])
+    model = build_model("rd", image_size=SIZE)
+    ckpt = save_checkpoint(tmp_path / "m.ckpt", model, ["toy"], normalization=NORM)
     data = _mvtec(tmp_path / "data")
     work = tmp_path / "work"
     modes = "int8-explicit,int8-implicit,fp16"
