@@ -22,7 +22,9 @@ The ``modelopt_quantize`` pass replaces ``insert_fake_quant`` + ``calibrate`` in
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import os
 from collections import Counter
 from typing import Any
@@ -201,7 +203,8 @@ class ModeloptQuantize(Pass):
         roles = SCOPES[scope]
         cfg = scoped_int8_config(mtq, roles, method, int(self.options.get("num_bins", 2048)))
         model = graph.model.eval()
-        graph.model = mtq.quantize(model, cfg, forward_loop=None)
+        with contextlib.redirect_stdout(io.StringIO()):  # ModelOpt prints "Inserted N quantizers"
+            graph.model = mtq.quantize(model, cfg, forward_loop=None)
         notes = calibrate_modelopt(
             graph.model,
             images,
