@@ -245,10 +245,17 @@ def int8_conv_coverage(layers: dict[str, bool], convs: list[str]) -> dict[str, A
 # ------------------------------------------------------------------------------------- the GPU part
 
 
-def install(args: argparse.Namespace) -> None:
-    cmd = [sys.executable, "-m", "pip", "install", *PACKAGES]
+def install_command(args: argparse.Namespace) -> list[str]:
+    """pip install of the GPU packages, constrained by the repository's pins (torch stays 2.14.1: pip picks
+    the torch-tensorrt built for it, or fails saying none is)."""
+    cmd = [sys.executable, "-m", "pip", "install", "-c", str(HERE.parent / "constraints.txt"), *PACKAGES]
     if args.wheels:
         cmd[4:4] = ["--no-index", "--find-links", args.wheels]
+    return cmd
+
+
+def install(args: argparse.Namespace) -> None:
+    cmd = install_command(args)
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 
@@ -375,7 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.artifacts) if args.artifacts else None
     if root is None:
         if args.dry_run:
-            print(json.dumps({"dry_run": True, "would_build_artifacts_from": args.checkpoint, "modes": args.modes,
+            pip = " ".join(install_command(args)) if args.install else None
+            print(json.dumps({"dry_run": True, "would_install": pip,
+                              "would_build_artifacts_from": args.checkpoint, "modes": args.modes,
                               "into": str(Path(args.work) / "artifacts"), "calib_data": args.data}, indent=2))
             return 0
         root = build_artifacts(args)

@@ -32,6 +32,9 @@ def test_arguments_are_checked():
         tc.parse_args(["--artifacts", "x", "--wheels", "w"])  # --wheels needs --install
     args = tc.parse_args(["--artifacts", "x", "--modes", "fp16,int8-modelopt"])
     assert args.modes == ["fp16", "int8-modelopt"]
+    cmd = tc.install_command(tc.parse_args(["--artifacts", "x", "--install", "--wheels", "/w"]))
+    assert cmd[3:8] == ["install", "--no-index", "--find-links", "/w", "-c"]  # local wheels, repository pins
+    assert cmd[8].endswith("constraints.txt") and {"tensorrt", "torch-tensorrt", "nvidia-modelopt"} <= set(cmd)
 
 
 def test_artifact_mode_from_meta():
