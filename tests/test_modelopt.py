@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -10,10 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
+from anomopt.api import optimize
 from anomopt.errors import ConfigError, TargetError
+from anomopt.models import build_model
 from anomopt.normalization import fit_normalization
 from anomopt.passes import load_pipeline, pipeline_path
-from anomopt.targets.modelopt_quant import quantizer_variant
+from anomopt.targets import tensorrt as trt
+from anomopt.targets.modelopt_quant import modelopt_quantizers, quantizer_variant
 
 SIZE = 64
 # finished-training thresholds (optimize/export refuse a checkpoint without them)
@@ -43,14 +47,11 @@ def test_quantizer_variant_mapping_and_conflicts():
 
 # ------------------------------------------------------------------------------ needs nvidia-modelopt
 
-mtq = pytest.importorskip(
-    "modelopt.torch.quantization", reason="nvidia-modelopt is not installed (pip install 'anomopt[modelopt]')"
+needs_modelopt = pytest.mark.skipif(
+    importlib.util.find_spec("modelopt") is None,
+    reason="nvidia-modelopt is not installed (pip install 'anomopt[modelopt]')",
 )
 
-from anomopt.api import optimize  # noqa: E402
-from anomopt.models import build_model  # noqa: E402
-from anomopt.targets import tensorrt as trt  # noqa: E402
-from anomopt.targets.modelopt_quant import modelopt_quantizers  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +79,7 @@ def rd_max(calib, tmp_path_factory):
     return _optimize("rd", calib, tmp_path_factory.mktemp("rd"), method="max")
 
 
+@needs_modelopt
 def test_modelopt_artifact_is_symmetric_int8_qdq_on_student_convs_only(rd_max):
     record = rd_max.graph.meta["artifact"]
     assert "ModelOpt" in record["quantization"]
@@ -97,6 +99,7 @@ def test_modelopt_artifact_is_symmetric_int8_qdq_on_student_convs_only(rd_max):
     assert all(name.startswith("student.") for name in modelopt_quantizers(rd_max.graph.model))
 
 
+@needs_modelopt
 def test_modelopt_artifact_in_onnxruntime_matches_the_torch_fake_quant(rd_max, calib):
     scores_torch, maps_torch = rd_max.graph.run(calib[:4])
     scores_ort, maps_ort = rd_max.predict(calib[:4])  # the lowered QDQ ONNX in ONNX Runtime
@@ -104,6 +107,7 @@ def test_modelopt_artifact_in_onnxruntime_matches_the_torch_fake_quant(rd_max, c
     np.testing.assert_allclose(maps_ort, maps_torch.numpy()[:, 0], rtol=1e-3, atol=1e-4)
 
 
+@needs_modelopt
 def test_max_calibration_amax_is_the_observed_maximum(calib):
     """MaxCalibrator: each input quantizer's amax is the largest |x| its conv saw over the calibration images."""
     from anomopt.graph import capture
@@ -138,6 +142,7 @@ def test_max_calibration_amax_is_the_observed_maximum(calib):
         assert float(q.amax) == pytest.approx(seen[name], rel=1e-5), name
 
 
+@needs_modelopt
 def test_entropy_calibration_clips_below_max(calib, tmp_path):
     om = _optimize("rd", calib, tmp_path, method="entropy", num_bins=256)
     assert om.graph.meta["calibration"]["method"] == "entropy"
@@ -151,6 +156,7 @@ def test_entropy_calibration_clips_below_max(calib, tmp_path):
     assert any(amax[n] < amax_max[n] * 0.99 for n in amax)  # KL clips some ranges
 
 
+@needs_modelopt
 def test_modelopt_refuses_cpu_target_and_mse(calib):
     with pytest.raises(TargetError, match="not a TensorRT target"):
         optimize(build_model("rd", image_size=SIZE), "cpu", 8, calib=calib,
@@ -169,6 +175,7 @@ def _mvtec(root, n=10):
     return root
 
 
+@needs_modelopt
 def test_cli_export_quantizer_modelopt_writes_a_modelopt_artifact(tmp_path, capsys):
     from anomopt.checkpoint import save_checkpoint
     from anomopt.cli.main import main
@@ -191,6 +198,7 @@ def test_cli_export_quantizer_modelopt_writes_a_modelopt_artifact(tmp_path, caps
     assert "both pick the pipeline" in capsys.readouterr().err
 
 
+@needs_modelopt
 def test_benchmark_placement_helpers_on_a_modelopt_artifact(rd_max, tmp_path):
     import sys
     from pathlib import Path
@@ -211,6 +219,7 @@ def test_benchmark_placement_helpers_on_a_modelopt_artifact(rd_max, tmp_path):
     assert diff["only_a"] == [next(iter(placement["convs"]))] and diff["scale_ratio_max"] == pytest.approx(0.5)
 
 
+@needs_modelopt
 def test_cli_optimize_quantizer_modelopt(tmp_path):
     from anomopt.checkpoint import save_checkpoint
     from anomopt.cli.main import main
