@@ -6,6 +6,8 @@ For each artifact (built here from a checkpoint, or found under ``--artifacts``)
 - ``int8-modelopt``: ModelOpt's QDQ ONNX (``xavier_nx-int8-modelopt``), explicit quantization;
 - ``int8-implicit``: the FP32 ONNX + ``calib.cache`` (``--trt-quantization implicit``);
 - ``fp16``: the FP32 ONNX with ``--fp16`` (``xavier_nx-fp16``);
+- ``torch-trt-fp16`` / ``torch-trt-int8``: the torch-tensorrt bundle (``--variant torch_tensorrt``) compiled
+  by its own ``build_torch_trt.py`` (INT8: ModelOpt quantizers), checked the same way (no INT8 layer check);
 
 it checks: the build succeeds; every quantized conv (a Conv fed by an activation DequantizeLinear, or every
 conv named in the calibration cache) runs in INT8 (the engine inspector's layer input formats); the scores
@@ -42,7 +44,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REALDEV = HERE.parent.parent / "shared" / "data" / "realdev"
-MODES = ("int8-explicit", "int8-modelopt", "int8-implicit", "fp16")
+MODES = ("int8-explicit", "int8-modelopt", "int8-implicit", "fp16", "torch-trt-fp16", "torch-trt-int8")
 SPEARMAN_MIN = 0.99
 AUROC_TOLERANCE_POINTS = 0.5
 PACKAGES = ("tensorrt", "torch-tensorrt", "nvidia-modelopt", "requests", "huggingface_hub")
@@ -96,6 +98,8 @@ def artifact_mode(meta: dict[str, Any]) -> str | None:
     if meta.get("runtime") != "tensorrt":
         return None
     precision = meta.get("precision")
+    if "build_torch_trt.py" in (meta.get("files") or {}):
+        return f"torch-trt-{precision}" if precision in ("fp16", "int8") else None
     if precision == "fp16":
         return "fp16"
     if precision != "int8":
@@ -143,7 +147,7 @@ def discover(root: str | os.PathLike[str], modes: list[str]) -> list[Job]:
         onnx_path = folder / "model.onnx"
         if not onnx_path.is_file() or (cache is not None and not cache.is_file()):
             raise SystemExit(f"{folder}: artifact is missing model.onnx or calib.cache; re-export it")
-        convs = quantized_convs(onnx_path, cache) if mode.startswith("int8") else []
+        convs = quantized_convs(onnx_path, cache) if mode.startswith("int8") else []  # torch-trt: no inspector
         jobs.append(Job(mode, str(folder), str(onnx_path), str(cache) if cache else None,
                         int(meta.get("image_size", 256)), convs))
     return jobs
@@ -159,6 +163,8 @@ def build_artifacts(args: argparse.Namespace) -> Path:
         "int8-modelopt": ["--bits", "8", "--quantizer", "modelopt"],
         "int8-implicit": ["--bits", "8", "--trt-quantization", "implicit"],
         "fp16": ["--bits", "16"],
+        "torch-trt-fp16": ["--bits", "16", "--variant", "torch_tensorrt"],
+        "torch-trt-int8": ["--bits", "8", "--variant", "torch_tensorrt"],
     }
     for mode in args.modes:
         out = root / mode
@@ -178,6 +184,13 @@ def plan(jobs: list[Job], args: argparse.Namespace) -> list[dict[str, Any]]:
 
     out = []
     for j in jobs:
+        if j.mode.startswith("torch-trt"):
+            out.append({**asdict(j), "quantized_convs": 0,
+                        "command": f"python3 {Path(j.artifact) / 'build_torch_trt.py'} --out "
+                                   f"{Path(args.work) / 'engines' / (j.mode + '.ep')}",
+                        "checks": ["compile", f"Spearman >= {SPEARMAN_MIN} vs ONNX Runtime",
+                                   f"|image AUROC - ORT| <= {AUROC_TOLERANCE_POINTS} pts", "batch-1 latency"]})
+            continue
         precision = "fp16" if j.mode == "fp16" else "int8"
         cmd = trtexec_command(j.onnx, str(Path(args.work) / "engines" / f"{j.mode}.engine"), precision,
                               image_size=j.image_size, calib_cache=j.calib_cache, workspace_mib=args.workspace_mib)
@@ -332,19 +345,50 @@ class EngineRunner:  # pragma: no cover - needs a GPU
         return float(self.buffers["score"].reshape(-1)[0].cpu())
 
 
+def compile_torch_trt(job: Job, args: argparse.Namespace) -> tuple[Any, float]:  # pragma: no cover - GPU
+    """Run the bundle's build_torch_trt.py; returns a batch-1 scorer over the saved module and the seconds."""
+    import torch
+    import torch_tensorrt  # noqa: F401  (registers the ops a saved torch-tensorrt program holds)
+
+    out = Path(args.work) / "engines" / f"{job.mode}.ep"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, str(Path(job.artifact) / "build_torch_trt.py"), "--out", str(out)],
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"build_torch_trt.py exited {done.returncode}: {done.stderr.strip()[-300:]}")
+    module = torch.export.load(str(out)).module()
+
+    def scorer(image: np.ndarray) -> float:
+        with torch.no_grad():
+            score = module(torch.from_numpy(image[None]).cuda())[0]
+        torch.cuda.synchronize()
+        return float(score.reshape(-1)[0].cpu())
+
+    return scorer, seconds
+
+
 def run_job(job: Job, images: np.ndarray, labels: np.ndarray, args: argparse.Namespace,
             gpu: str) -> dict[str, Any]:  # pragma: no cover - needs a GPU
     from anomopt.runtime.predictor import make_session
 
     row: dict[str, Any] = {"mode": job.mode, "artifact": job.artifact, "gpu": gpu}
-    try:
-        engine, info, seconds = build(job, args)
-    except Exception as err:  # TensorRT raises many types
-        return {**row, "build_ok": False, "error": f"{type(err).__name__}: {str(err)[:300]}"}
-    row.update(build_ok=True, build_seconds=seconds)
-    if job.mode.startswith("int8"):
-        row["int8"] = int8_conv_coverage(int8_layers(info), job.quantized_convs)
-    runner = EngineRunner(engine, job.image_size)
+    if job.mode.startswith("torch-trt"):
+        try:
+            runner, seconds = compile_torch_trt(job, args)
+        except Exception as err:  # torch-tensorrt raises many types
+            return {**row, "build_ok": False, "error": f"{type(err).__name__}: {str(err)[:300]}"}
+        row.update(build_ok=True, build_seconds=seconds)
+    else:
+        try:
+            engine, info, seconds = build(job, args)
+        except Exception as err:  # TensorRT raises many types
+            return {**row, "build_ok": False, "error": f"{type(err).__name__}: {str(err)[:300]}"}
+        row.update(build_ok=True, build_seconds=seconds)
+        if job.mode.startswith("int8"):
+            row["int8"] = int8_conv_coverage(int8_layers(info), job.quantized_convs)
+        runner = EngineRunner(engine, job.image_size)
     sess = make_session(job.onnx, threads=4, spinning=False)
     ort_scores = np.concatenate([sess.run(None, {"images": images[i : i + 8]})[0] for i in range(0, len(images), 8)])
     trt_scores = np.array([runner(x) for x in images])

@@ -49,6 +49,15 @@ def test_artifact_mode_from_meta():
     assert tc.artifact_mode({**trt, "precision": "int8", "tensorrt": {"quantization": "implicit (cache)"}}) == (
         "int8-implicit"
     )
+    bundle = {"files": {"model.onnx": {}, "build_torch_trt.py": {}}}
+    assert tc.artifact_mode({**trt, **bundle, "precision": "fp16"}) == "torch-trt-fp16"
+    assert tc.artifact_mode({**trt, **bundle, "precision": "int8", "quant": {"backend": "modelopt"}}) == (
+        "torch-trt-int8"
+    )
+    plan = tc.plan([tc.Job("torch-trt-fp16", "/a", "/a/model.onnx", image_size=64)],
+                   tc.parse_args(["--artifacts", "/a", "--work", "/w"]))
+    assert plan[0]["command"] == "python3 /a/build_torch_trt.py --out /w/engines/torch-trt-fp16.ep"
+    assert "compile" in plan[0]["checks"]
 
 
 def test_parity_maths():
