@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 if "stale" not in rows[name] and (out / label / name).is_dir():
                     cats = list(read_checkpoint(ckpt).get("categories") or [])
                     rows[name].update(stale(out / label / name, ckpt, root, cats, args))
+                    gc.write_json(out / "decisions.json", store)
                 print(f"[{label}] {name}: reused from {out / 'decisions.json'}", flush=True)
                 continue
             print(f"[{label}] {name} ...", flush=True)
