@@ -75,6 +75,7 @@ def run_one(ckpt: Path, root: Path, pipeline: str, out: Path, args: argparse.Nam
     res = evaluate_artifact(art, root, cats, threads=args.threads, progress=False)
     meta = json.loads((art / "meta.json").read_text())
     return {
+        **stale(art, ckpt, root, cats, args),
         "per_category": {c: {k: float(e[k]) for k in KEYS} for c, e in res["per_category"].items()},
         "mean": {k: float(res["mean"][k]) for k in KEYS},
         "thresholds_from": (meta.get("normalization_source") or {}).get("model"),
@@ -82,6 +83,14 @@ def run_one(ckpt: Path, root: Path, pipeline: str, out: Path, args: argparse.Nam
         "optimize_s": optimize_s,
         "eval_s": time.perf_counter() - t0,
     }
+
+
+def stale(art: Path, ckpt: Path, root: Path, cats: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """What the artifact would decide with the checkpoint's FP32 statistics (before issue 13: no re-fit)."""
+    norm = read_checkpoint(ckpt)["normalization"]
+    res = evaluate_artifact(art, root, cats, threads=args.threads, progress=False, normalization=norm)
+    return {"stale": {c: {k: float(e[k]) for k in ("false_reject_rate", "escape_rate", "median_z_good")}
+                      for c, e in res["per_category"].items()}}
 
 
 def verdicts(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, bool]]:
@@ -105,11 +114,16 @@ def table(label: str, rows: dict[str, dict[str, Any]]) -> str:
     for name, row in rows.items():
         for cat, e in row["per_category"].items():
             mark = "ref" if name == "cpu-fp32" else ("yes" if ok[name][cat] else "NO")
+            old = row.get("stale", {}).get(cat, {})
             lines.append([label, name, cat, gc.fmt(e["image_auroc"]), gc.fmt(100 * e["false_reject_rate"], 1),
                           gc.fmt(100 * e["escape_rate"], 1), gc.fmt(e["f1_at_threshold"]),
-                          gc.fmt(e["median_z_good"], 2), mark])
+                          gc.fmt(e["median_z_good"], 2), mark,
+                          gc.fmt(100 * old.get("false_reject_rate", float("nan")), 1),
+                          gc.fmt(100 * old.get("escape_rate", float("nan")), 1),
+                          gc.fmt(old.get("median_z_good", float("nan")), 2)])
     header = ["model / data", "pipeline", "category", "image AUROC", "FR % (good flagged)",
-              "escape % (bad passed)", "F1@thr", "median z good", "within 2 pt / 0.5 z of FP32"]
+              "escape % (bad passed)", "F1@thr", "median z good", "within 2 pt / 0.5 z of FP32",
+              "FR % with FP32 stats", "escape % with FP32 stats", "median z with FP32 stats"]
     return gc.md_table(header, lines)
 
 
@@ -145,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             if args.reuse and name in store.get(label, {}):
                 rows[name] = store[label][name]
+                if "stale" not in rows[name] and (out / label / name).is_dir():
+                    cats = list(read_checkpoint(ckpt).get("categories") or [])
+                    rows[name].update(stale(out / label / name, ckpt, root, cats, args))
+                    gc.write_json(out / "decisions.json", store)
                 print(f"[{label}] {name}: reused from {out / 'decisions.json'}", flush=True)
                 continue
             print(f"[{label}] {name} ...", flush=True)

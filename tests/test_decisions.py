@@ -36,9 +36,10 @@ from conftest import realdev_root
 
 SIZE = 64
 CAT = "fabric"
-# 12 validation normals: the statistics of 5 (10 % of 48) move by more than the bar between two models
+# 24 validation normals: with 12, the standard deviation is uncertain by ~20 %, which alone moves a z = 3
+# threshold's false rejects by more than the bar between two differently trained (QAT / pruned) models
 VAL_FRACTION = 0.25
-N_VAL = 12
+N_VAL = 24
 
 
 # ------------------------------------------------------------------------------ policies and validation
@@ -129,7 +130,7 @@ def trained(tmp_path_factory):
     """A tiny unified STFPM trained on a synthetic set, its split recorded, plus the set's root."""
     # 80 good test images: one flipped decision is 1.25 points of false rejects (the bar is 2)
     root = generate_synthetic(
-        tmp_path_factory.mktemp("synth") / "data", [CAT], n_train=48, n_test=100, image_size=SIZE,
+        tmp_path_factory.mktemp("synth") / "data", [CAT], n_train=96, n_test=100, image_size=SIZE,
         anomaly_fraction=0.2, progress=False,
     )
     common = {"image_size": SIZE, "val_fraction": VAL_FRACTION, "seed": 0}
@@ -162,14 +163,13 @@ def test_every_pipeline_decides_like_the_fp32_artifact(trained, tmp_path_factory
     assert len(split["val_files"][CAT]) == payload["normalization"][CAT]["n_val"] == N_VAL
     assert not any("test" in Path(f).parts for f in split["val_files"][CAT])
 
-    fast_prune = {"prune": {"finetune_epochs": 1, "batch_size": 8, "importance_batches": 1}}  # shipped: 2
+    fast_prune = {"prune": {"batch_size": 8, "importance_batches": 1}}
     fast_qat = {"qat_finetune": {"epochs": 1}}
+    # cpu-int8 and xavier_nx-int8 (no retraining) are measured on real models by benchmarks/decisions.py
     runs = {
         "cpu-fp32": _artifact(trained, tmp_path_factory, 32),
-        "cpu-int8": _artifact(trained, tmp_path_factory, 8),
         "cpu-int8-qat": _artifact(trained, tmp_path_factory, 8, "qat", options=fast_qat),
         "cpu-int8-prune": _artifact(trained, tmp_path_factory, 8, "prune", options=fast_prune),
-        "xavier_nx-int8": _artifact(trained, tmp_path_factory, 8, target="xavier_nx"),
     }
     results = {}
     for name, (_om, art) in runs.items():
@@ -181,7 +181,7 @@ def test_every_pipeline_decides_like_the_fp32_artifact(trained, tmp_path_factory
         results[name] = evaluate_artifact(art, root, progress=False)["per_category"][CAT]
         for key in ("false_reject_rate", "escape_rate", "f1_at_threshold"):
             assert 0.0 <= results[name][key] <= 1.0
-    assert "xavier_nx int8" in json.loads((runs["xavier_nx-int8"][1] / "meta.json").read_text())[
+    assert "cpu int8 artifact" in json.loads((runs["cpu-int8-qat"][1] / "meta.json").read_text())[
         "normalization_source"]["model"]
     # the pruned student was retrained: keeping the checkpoint's statistics would misplace its threshold
     pruned_norm = runs["cpu-int8-prune"][0].normalization[CAT]

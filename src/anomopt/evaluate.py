@@ -63,9 +63,11 @@ def evaluate_artifact(
     batch_size: int = 8,
     threads: int | None = None,
     progress: bool = True,
+    normalization: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Metrics of a deployable artifact folder run by its runtime, decisions at the thresholds in its
-    meta.json (every evaluated category must be one the artifact knows)."""
+    meta.json (every evaluated category must be one the artifact knows), or at ``normalization``'s when
+    given (e.g. to measure what other statistics would have decided)."""
     from tqdm.auto import tqdm
 
     from anomopt.data.images import read_mask, read_model_input
@@ -94,6 +96,6 @@ def evaluate_artifact(
         np.concatenate(scores),
         np.stack(masks) > 0.5,
         np.concatenate(maps),
-        normalization=predictor.normalization,
+        normalization=normalization if normalization is not None else predictor.normalization,
         has_mask=np.array([s.label == 0 or s.mask_path is not None for s in samples]),
     )
