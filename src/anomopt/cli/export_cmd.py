@@ -88,7 +88,9 @@ def register(subparsers: Any) -> None:
         "--workspace-mib", type=int, default=1024, metavar="MIB", help="TensorRT workspace (default: 1024)"
     )
     export.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    export.add_argument("--quiet", action="store_true", help="no progress bars")
+    export.add_argument(
+        "--quiet", action="store_true", help="no progress lines or bars; print only the final summary"
+    )
     export.set_defaults(func=run_export)
 
     bench = subparsers.add_parser(
@@ -172,7 +174,8 @@ def run_export(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
         out = optimized.save(args.out)
-    print(optimized.passes_report.table())
+    if args.quiet:  # otherwise optimize() printed the summary with its progress lines (stderr)
+        print(optimized.summary())
     meta = json.loads((Path(out) / "meta.json").read_text())
     sizes = ", ".join(f"{k} {v['bytes'] / 1e6:.2f} MB" for k, v in meta["files"].items())
     print(f"wrote {out} ({meta['target']} {meta['precision']}: {sizes})")
