@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "anomopt.cli.train_cmd",
     "anomopt.cli.optimize_cmd",
     "anomopt.cli.export_cmd",
+    "anomopt.cli.bench_cmd",
     "anomopt.cli.predict_cmd",
     "anomopt.cli.demo_cmd",
 ]
