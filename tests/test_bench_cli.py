@@ -74,6 +74,12 @@ def test_real_stfpm_profile_shows_the_fp32_teacher_and_depthwise_convs(stfpm_int
     reasons = slow_int8_reasons(profile, {"busy": False})
     assert any("the FP32 teacher" in r and "cap the speed-up at" in r for r in reasons)
     assert any("depthwise" in r for r in reasons)
+    # the report's sentence on why student-only INT8 is only so much faster
+    from anomopt.demo import speed_note
+
+    note = speed_note(10.0, 9.0, stfpm_int8, 64)
+    teacher = round(100 * profile["mac_share"]["teacher"])
+    assert note.startswith("INT8 is 1.11x as fast as FP32") and f"the FP32 teacher does {teacher}%" in note
 
 
 def test_summary_has_speedup_baseline_and_slow_int8_notes():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from anomopt.metrics import evaluate_predictions
@@ -162,3 +163,40 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", report[0].as_uri()],
                          capture_output=True, text=True, timeout=180).stdout
     assert "Decisions at the shipped threshold" in dom and dom.count("<img") >= 5
+
+
+def test_demo_map_panels_put_fp32_beside_int8_in_normalized_units():
+    from types import SimpleNamespace
+
+    from anomopt.demo import map_panels
+
+    n = 6
+    labels = np.array([1, 1, 1, 0, 0, 1])
+    masks = np.zeros((n, 8, 8))
+    for i, area in enumerate([4, 16, 9, 0, 0, 1]):
+        masks[i].flat[:area] = 1
+    maps = np.arange(n * 64, dtype=float).reshape(n, 8, 8) / 64
+    paths = [f"/d/{c}/test/{'good' if y == 0 else 'crack'}/{i:03d}.png"
+             for i, (c, y) in enumerate(zip(["a"] * 5 + ["b"], labels))]
+    cats = ["a"] * 5 + ["b"]
+
+    def preds(scale):
+        return SimpleNamespace(categories=cats, labels=labels, scores=np.arange(n, dtype=float) * scale,
+                               masks=masks, maps=maps * scale, paths=paths)
+
+    norm = {c: {"score_mean": 2.0, "score_std": 1.0, "image_threshold_z": 1.0, "map_mean": 1.0, "map_std": 2.0,
+                "pixel_threshold_z": 3.0} for c in ("a", "b")}
+    test = [{"image": torch.zeros(3, 8, 8)} for _ in range(n)]
+    evals = {"FP32": (preds(1.0), None), "INT8": (preds(2.0), None)}
+    panels = map_panels(evals, {"FP32": norm, "INT8": norm}, test, ["FP32", "INT8"])
+    assert [p["category"] for p in panels] == ["a", "b"] and panels[0]["variants"] == ["FP32", "INT8"]
+    rows = panels[0]["rows"]
+    # the two largest defects (16 then 9 pixels), then the first normal image
+    assert [r["caption"] for r in rows] == ["crack/001.png", "crack/002.png", "normal/003.png"]
+    np.testing.assert_allclose(rows[0]["maps"]["FP32"], (maps[1] - 1.0) / 2.0)
+    np.testing.assert_allclose(rows[0]["maps"]["INT8"], (2 * maps[1] - 1.0) / 2.0)
+    # image 1: z = (1 - 2) / 1 = -1 (ok) for FP32, (2 - 2) / 1 = 0 (ok) for INT8; image 3 (normal): 1 vs 4
+    assert rows[0]["notes"]["FP32"].endswith(": ok") and rows[2]["notes"]["INT8"].endswith(": DEFECT")
+    assert rows[2]["notes"]["FP32"] == "score z 1 <= 1: ok"
+    assert not rows[2]["gt"].any() and panels[0]["threshold_z"] == 3.0
+    assert len(panels[1]["rows"]) == 1  # category b: one defect, no normal image

@@ -76,7 +76,7 @@ def map_panels(
                 maps[name] = _zmap(preds.maps[i], entry)
                 z = (float(preds.scores[i]) - entry.get("score_mean", 0.0)) / max(entry.get("score_std", 1.0), 1e-12)
                 thr = entry.get("image_threshold_z", DEFAULT_IMAGE_Z)
-                notes[name] = f"score z {z:.1f}: {'DEFECT' if z > thr else 'ok'} (threshold {thr:g})"
+                notes[name] = f"score z {z:.3g} {'>' if z > thr else '<='} {thr:g}: {'DEFECT' if z > thr else 'ok'}"
             path = Path(first.paths[i])
             kind = "normal" if first.labels[i] == 0 else path.parent.name
             rows.append({
@@ -137,7 +137,7 @@ def speed_note(fp32_ms: float, int8_ms: float, int8_onnx: str | Path, image_size
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the whole demo; returns the summary dict that is also written to ``<out>/summary.json``."""
     from anomopt.api import optimize
-    from anomopt.bench import machine_load, measure_ort, measure_torch
+    from anomopt.bench import machine_load, run_isolated
     from anomopt.data import generate_synthetic, load_mvtec
     from anomopt.inference import torch_scorer
     from anomopt.metrics import format_table
@@ -237,11 +237,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     load = machine_load(cfg.threads)
     if load["warning"]:
         say("      " + load["warning"])
-    latency = {"FP32 (torch)": measure_torch(model, cfg.image_size, threads=cfg.threads, iters=30)}
+    # each backend in its own process: its peak RSS is its own (not the demo's, which trained a model)
+    timing = {"image_size": cfg.image_size, "threads": cfg.threads, "iters": 30, "warmup": 10, "batch": 8}
+    latency = {"FP32 (torch)": run_isolated({"backend": "torch", "path": str(ckpt), **timing})}
     sizes: dict[str, int | None] = {"FP32 (torch)": None}
     for name, om in runs.items():
         path = om.graph.meta["artifact"]["model"]
-        latency[name] = measure_ort(path, cfg.image_size, threads=cfg.threads, iters=30)
+        latency[name] = run_isolated({"backend": "ort", "path": str(path), **timing})
         sizes[name] = Path(path).stat().st_size
     for name, (preds, metrics) in evals.items():
         variants.append(

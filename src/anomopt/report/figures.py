@@ -124,8 +124,9 @@ def map_panel(rows: Sequence[dict[str, Any]], variants: Sequence[str], threshold
     marks the threshold. ``rows``: dicts with ``image``, ``gt``, ``caption``, ``maps`` and ``notes``
     (``{variant: z-map}`` and ``{variant: short text}``)."""
     vmax = max(2.0 * threshold_z, 1.0)
+    floor = min(1.0, threshold_z / 2)  # below this z the map is not drawn: a normal image stays plain
     cols = 2 + len(variants)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(2.3 * cols + 0.8, 2.45 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.6 * cols + 0.8, 2.7 * len(rows)), squeeze=False)
     im = None
     for r, row in enumerate(rows):
         ax = axes[r]
@@ -137,7 +138,8 @@ def map_panel(rows: Sequence[dict[str, Any]], variants: Sequence[str], threshold
             z = row["maps"][name]
             a = ax[2 + j]
             a.imshow(row["image"])
-            im = a.imshow(np.clip(z, 0, vmax), cmap="inferno", vmin=0, vmax=vmax, alpha=0.6)
+            im = a.imshow(np.ma.masked_less(np.clip(z, 0, vmax), floor), cmap="inferno", vmin=0, vmax=vmax,
+                          alpha=0.65)
             if (z > threshold_z).any():
                 a.contour((z > threshold_z).astype(float), levels=[0.5], colors="cyan", linewidths=1.0)
             if row["gt"].any():
@@ -147,7 +149,8 @@ def map_panel(rows: Sequence[dict[str, Any]], variants: Sequence[str], threshold
             a.axis("off")
     if im is not None:
         cbar = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.85, pad=0.02)
-        cbar.set_label(f"anomaly, z over normal pixels (cyan line: threshold {threshold_z:g})", fontsize=8)
+        cbar.set_label(f"anomaly, z over normal pixels (cyan line: threshold {threshold_z:g}; "
+                       f"under {floor:g} not drawn)", fontsize=8)
         cbar.ax.axhline(threshold_z, color="cyan", lw=2.5)
     fig.suptitle(title + "  (cyan: predicted region; green: true defect)", fontsize=9)
     return to_png(fig)
