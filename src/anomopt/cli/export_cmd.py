@@ -88,9 +88,7 @@ def register(subparsers: Any) -> None:
         "--workspace-mib", type=int, default=1024, metavar="MIB", help="TensorRT workspace (default: 1024)"
     )
     export.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    export.add_argument(
-        "--quiet", action="store_true", help="no progress lines or bars; print only the final summary"
-    )
+    export.add_argument("--quiet", action="store_true", help="no progress lines or bars; print only the summary")
     export.set_defaults(func=run_export)
 
 
