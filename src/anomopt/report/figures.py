@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 COLOURS = plt.get_cmap("tab10").colors
@@ -59,6 +60,10 @@ def accuracy_vs_latency(points: Sequence[dict[str, Any]], title: str) -> bytes:
     ax.set_xscale("log")
     lo, hi = float(np.nanmin(lat)), float(np.nanmax(lat))
     ax.set_xlim(lo / 1.4, hi * 1.4)
+    # labelled ticks at 1, 2, 5 x 10^k in plain numbers; unlabelled minor ticks (no colliding labels)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     finite = acc[np.isfinite(acc)]
     if finite.size:
         pad = max(1.0, 0.15 * float(finite.max() - finite.min()))
@@ -124,7 +129,7 @@ def map_panel(rows: Sequence[dict[str, Any]], variants: Sequence[str], threshold
     marks the threshold. ``rows``: dicts with ``image``, ``gt``, ``caption``, ``maps`` and ``notes``
     (``{variant: z-map}`` and ``{variant: short text}``)."""
     vmax = max(2.0 * threshold_z, 1.0)
-    floor = min(1.0, threshold_z / 2)  # below this z the map is not drawn: a normal image stays plain
+    floor = threshold_z / 2  # below half the threshold the map is not drawn: a normal image stays plain
     cols = 2 + len(variants)
     fig, axes = plt.subplots(len(rows), cols, figsize=(2.6 * cols + 0.8, 2.7 * len(rows)), squeeze=False)
     im = None
