@@ -54,6 +54,7 @@ class QATFineTune(Pass):
             ctx.log(f"qat_finetune: epoch {len(losses)}/{epochs}, mean loss {losses[-1]:.4g}")
         bar.close()
         model.eval()
+        refit = model.refit_statistics(images, batch)
         graph.meta["qat"] = {"epochs": epochs, "lr": lr, "losses": losses}
-        graph.meta["last_pass_notes"] = {"losses": losses}
+        graph.meta["last_pass_notes"] = {"losses": losses, **({"refit": refit} if refit else {})}
         return graph
