@@ -365,10 +365,11 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, 
 
 
 def strip_qdq(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
-    """Write the FP32 twin of a Q/DQ ONNX model: constant ``DequantizeLinear`` inputs (weights) are folded
-    into float initializers (those with computed scales, biases, stay: tiny and constant), and every
-    activation ``QuantizeLinear -> DequantizeLinear`` pair becomes a float ``Clip`` to the range it
-    represents (ONNX Runtime's quantizer drops a ReLU that the uint8 range already clips, so a plain
+    """Write the FP32 twin of a Q/DQ ONNX model: constant ``DequantizeLinear`` inputs (weights, biases)
+    are folded into float initializers, also where the scale is computed from other constants (bias scale =
+    input scale x weight scale): ONNX Runtime's fast conv layouts need constant weights and biases, as in an
+    FP32 export. Every activation ``QuantizeLinear -> DequantizeLinear`` pair becomes a float ``Clip`` to
+    the range it represents (ONNX Runtime's quantizer drops a ReLU that the uint8 range already clips, so a plain
     bypass would change the math). Same graph, float kernels: the FP32 baseline of an INT8 artifact.
     A model without Q/DQ is copied unchanged."""
     from onnx import helper, numpy_helper
@@ -378,8 +379,24 @@ def strip_qdq(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
     inits = {t.name: t for t in g.initializer}
     producers = {o: n for n in g.node for o in n.output}
 
-    def const(name: str) -> np.ndarray | None:
-        return numpy_helper.to_array(inits[name]) if name in inits else None
+    ops = {"Mul": np.multiply, "Div": np.divide, "Add": np.add, "Sub": np.subtract}
+
+    def const(name: str, depth: int = 0) -> np.ndarray | None:
+        """The value of a tensor computable from initializers alone (e.g. a bias scale = input scale x
+        weight scale), else None."""
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        node = producers.get(name)
+        if node is None or depth > 4 or node.op_type not in (*ops, "Identity", "Reshape"):
+            return None
+        args = [const(i, depth + 1) for i in node.input]
+        if any(a is None for a in args):
+            return None
+        if node.op_type == "Identity":
+            return args[0]
+        if node.op_type == "Reshape":
+            return args[0].reshape(args[1].astype(np.int64))
+        return ops[node.op_type](args[0], args[1]).astype(args[0].dtype)
 
     folded: dict[str, np.ndarray] = {}
     replace: dict[int, Any] = {}  # id(DQ node) -> Clip node
@@ -391,8 +408,9 @@ def strip_qdq(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
         zp_raw = const(n.input[2]) if len(n.input) > 2 and n.input[2] else None
         if scale is None or (len(n.input) > 2 and n.input[2] and zp_raw is None):
             continue
+        scale = scale.astype(np.float32)
         zp = zp_raw.astype(np.float32) if zp_raw is not None else np.zeros_like(scale, dtype=np.float32)
-        q_in = const(n.input[0])
+        q_in = numpy_helper.to_array(inits[n.input[0]]) if n.input[0] in inits else None
         if q_in is not None:
             q = q_in.astype(np.float32)
             axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
@@ -416,8 +434,13 @@ def strip_qdq(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
         Path(dst).write_bytes(Path(src).read_bytes())
         return Path(dst)
     nodes = [replace.get(id(n), n) for n in g.node if id(n) not in drop]
-    used = {i for n in nodes for i in n.input} | {o.name for o in g.output}
-    nodes = [n for n in nodes if n.op_type != "QuantizeLinear" or any(o in used for o in n.output)]
+    outputs = {o.name for o in g.output}
+    while True:  # drop nodes nothing reads any more (the Qs, the constant scale arithmetic)
+        used = {i for n in nodes for i in n.input} | outputs
+        kept_nodes = [n for n in nodes if any(o in used for o in n.output)]
+        if len(kept_nodes) == len(nodes):
+            break
+        nodes = kept_nodes
     used = {i for n in nodes for i in n.input}
     del g.node[:]
     g.node.extend(nodes)
