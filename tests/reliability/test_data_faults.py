@@ -180,10 +180,11 @@ def test_mask_of_the_wrong_size(data):
         _items(data, "test")
 
 
-def test_missing_ground_truth_folder(data):
+def test_missing_ground_truth_folder_means_image_level_labels(data):
     shutil.rmtree(data / CAT / "ground_truth")
-    with pytest.raises(DataError, match=rf"{CAT}/ground_truth: folder missing"):
-        _items(data, "test")
+    items = _items(data, "test")
+    anomalous = [it for it in items if it["label"] == 1]
+    assert anomalous and all(not it["has_mask"] and float(it["mask"].sum()) == 0 for it in anomalous)
 
 
 def test_category_without_test_images(data):

@@ -87,6 +87,13 @@ def register(subparsers: Any) -> None:
     export.add_argument(
         "--workspace-mib", type=int, default=1024, metavar="MIB", help="TensorRT workspace (default: 1024)"
     )
+    export.add_argument(
+        "--threshold-policy",
+        default=None,
+        metavar="POLICY",
+        help="image threshold from the validation normals: z:K (z-score above K; default z:3) or fpr:R "
+        "(target false-reject rate R, e.g. fpr:0.01); see docs/decisions.md",
+    )
     export.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     export.add_argument("--quiet", action="store_true", help="no progress lines or bars; print only the summary")
     export.set_defaults(func=run_export)
@@ -108,7 +115,7 @@ def _calibration_set(args: argparse.Namespace, image_size: int, categories: list
 def run_export(args: argparse.Namespace) -> int:
     """``anomopt export``: optimize and write the artifact; returns the exit code."""
     from anomopt.api import optimize
-    from anomopt.checkpoint import load_checkpoint
+    from anomopt.checkpoint import load_checkpoint, require_thresholds
     from anomopt.targets import get_target
 
     spec = get_target(args.target)
@@ -116,6 +123,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.calib_samples <= 0:
         raise ConfigError("--calib-samples must be positive")
     model, payload = load_checkpoint(args.checkpoint)
+    require_thresholds(payload, args.checkpoint)
     calib = (
         _calibration_set(args, model.config.image_size, list(payload.get("categories") or []))
         if args.bits == 8
@@ -134,7 +142,7 @@ def run_export(args: argparse.Namespace) -> int:
     options["lower"] = lower_opts
     with tempfile.TemporaryDirectory(prefix="anomopt-export-") as work:
         optimized = optimize(
-            model,
+            args.checkpoint,  # optimize() refuses one without thresholds and re-fits them on the artifact
             target=args.target,
             bits=args.bits,
             calib=calib,
@@ -143,11 +151,11 @@ def run_export(args: argparse.Namespace) -> int:
             calib_source=args.calib_source if calib is not None else "noise",
             calib_samples=args.calib_samples,
             pass_options=options,
-            categories=list(payload.get("categories") or []),
-            normalization=dict(payload.get("normalization") or {}),
             workdir=work,
             seed=args.seed,
             progress=not args.quiet,
+            data_root=args.calib_data,
+            threshold_policy=args.threshold_policy,
         )
         out = optimized.save(args.out)
     if args.quiet:  # otherwise optimize() printed the summary with its progress lines (stderr)

@@ -56,12 +56,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser(
         "evaluate",
-        help="evaluate a checkpoint: per-category image/pixel AUROC, AUPRO, F1-max",
-        description="Evaluate a trained checkpoint on the test split; prints a table and writes JSON.",
+        help="evaluate a checkpoint or an artifact folder: AUROC, AUPRO, F1-max and decisions at the threshold",
+        description="Evaluate a trained checkpoint (torch, its own thresholds) or a deployable artifact folder "
+        "(through the torch-free runtime, at the thresholds in its meta.json) on the test split: per category "
+        "image/pixel AUROC, AUPRO, F1-max, and the false-reject rate (good images flagged), escape rate "
+        "(anomalous images passed) and F1 at the shipped threshold. Pixel metrics are n/a where masks are "
+        "missing. Prints a table and writes JSON.",
     )
-    e.add_argument("checkpoint")
+    e.add_argument("checkpoint", metavar="CHECKPOINT_OR_ARTIFACT")
     e.add_argument("--data", required=True)
     e.add_argument("--categories", default="all")
+    e.add_argument("--threads", type=int, default=None, help="artifact: ONNX Runtime threads")
     e.add_argument("--json", default=None, help="write the metrics to this JSON file")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=run_evaluate)
@@ -99,6 +104,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.epochs < 1:
         raise ConfigError("--epochs must be at least 1")
     from anomopt.data import load_mvtec
+    from anomopt.data.dataset import split_record
     from anomopt.data.layout import list_categories, parse_categories
     from anomopt.models import build_model
     from anomopt.train import TrainConfig, init_distributed_from_env, seed_everything, train_model
@@ -133,7 +139,8 @@ def run_train(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             device=args.device,
         )
-        result = train_model(model, train_set, cfg, val_set=val_set, categories=group)
+        split = split_record(args.data, group, args.val_fraction, args.seed, val_set)
+        result = train_model(model, train_set, cfg, val_set=val_set, categories=group, split=split)
         summary[name] = {
             "checkpoint": str(ckpt),
             "categories": group,
@@ -151,10 +158,20 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from anomopt.evaluate import evaluate_checkpoint
+    from anomopt.evaluate import is_artifact
+
+    if is_artifact(args.checkpoint):
+        from anomopt.evaluate import evaluate_artifact
+
+        result = evaluate_artifact(
+            args.checkpoint, args.data, args.categories, threads=args.threads, progress=not args.quiet
+        )
+    else:
+        from anomopt.evaluate import evaluate_checkpoint
+
+        result = evaluate_checkpoint(args.checkpoint, args.data, args.categories, progress=not args.quiet)
     from anomopt.metrics import format_table
 
-    result = evaluate_checkpoint(args.checkpoint, args.data, args.categories, progress=not args.quiet)
     print(format_table(result, title=f"{args.checkpoint}"))
     if args.json:
         write_json_atomic(args.json, result)

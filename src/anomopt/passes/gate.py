@@ -12,9 +12,15 @@ from anomopt.passes.base import Pass, PassContext
 
 
 def evaluate_graph(
-    graph: ModelGraph, dataset, pixel: bool = True, batch_size: int = 8, progress: bool = False
+    graph: ModelGraph,
+    dataset,
+    pixel: bool = True,
+    batch_size: int = 8,
+    normalization: dict[str, Any] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Per-category and mean metrics of what the graph deploys as, on a labelled data set."""
+    """Per-category and mean metrics of what the graph deploys as, on a labelled data set (with the
+    decision metrics at ``normalization``'s thresholds when given)."""
     preds = predict_dataset(graph.predict, dataset, batch_size=batch_size, progress=progress, desc="evaluate")
     return evaluate_predictions(
         preds.categories,
@@ -23,6 +29,8 @@ def evaluate_graph(
         preds.masks if pixel else None,
         preds.maps if pixel else None,
         pixel_metrics=pixel,
+        normalization=normalization,
+        has_mask=preds.has_mask,
     )
 
 

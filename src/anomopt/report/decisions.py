@@ -48,6 +48,13 @@ def _computed(variant: Any) -> dict[str, dict[str, float]]:
     return out
 
 
+def _first_finite(*values: Any) -> float | None:
+    for v in values:
+        if v is not None and np.isfinite(float(v)):
+            return float(v)
+    return None
+
+
 def threshold_results(variant: Any) -> dict[str, dict[str, float | None]]:
     """``{category or "mean": {key: value or None}}`` for a :class:`~anomopt.report.ReportVariant`,
     preferring the keys in its metrics over the local computation."""
@@ -57,5 +64,5 @@ def threshold_results(variant: Any) -> dict[str, dict[str, float | None]]:
     groups = {**metrics.get("per_category", {}), "mean": metrics.get("mean", {})}
     for cat, entry in groups.items():
         local = fallback.get(cat, {})
-        out[cat] = {k: entry.get(k, local.get(k)) for k in THRESHOLD_KEYS}
+        out[cat] = {k: _first_finite(entry.get(k), local.get(k)) for k in THRESHOLD_KEYS}
     return out
