@@ -21,6 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bits", type=int, default=8, choices=[8, 16, 32])
     p.add_argument("--pipeline", default=None, help="a pipeline TOML file to use instead of the shipped one")
     p.add_argument("--variant", default=None, help="a shipped variant, e.g. qat or prune (cpu-int8-qat.toml)")
+    p.add_argument(
+        "--quantizer",
+        default="anomopt",
+        choices=["anomopt", "modelopt"],
+        help="INT8 quantizer of the Jetson targets: anomopt's own or NVIDIA ModelOpt (the '-modelopt' pipeline)",
+    )
     p.add_argument("--calib-source", default="train", choices=["train", "noise", "mixed"])
     p.add_argument("--calib-samples", type=int, default=64)
     p.add_argument(
@@ -52,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from anomopt.data import load_mvtec
     from anomopt.errors import ConfigError
     from anomopt.metrics import format_table
+    from anomopt.targets.modelopt_quant import quantizer_variant
 
     if not args.evaluate:
         given = [f for f, v in (("--max-image-auroc-drop", args.max_image_auroc_drop),
@@ -66,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     options: dict[str, dict] = {}
     if args.calib_method:
         options.setdefault("calibrate", {})["method"] = args.calib_method
+        options.setdefault("modelopt_quantize", {})["method"] = args.calib_method
     if args.scope:
         options.setdefault("insert_fake_quant", {})["scope"] = args.scope
     tolerance = {}
@@ -81,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         eval=test,
         tolerance=tolerance or None,
         passes=args.pipeline,
-        variant=args.variant,
+        variant=quantizer_variant(args.quantizer, args.variant, args.pipeline),
         calib_source=args.calib_source,
         calib_samples=args.calib_samples,
         pass_options=options,
