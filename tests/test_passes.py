@@ -153,7 +153,15 @@ def test_drift_over_tolerance_names_pass_and_amount(toy_model, toy_images):
     with pytest.raises(
         DriftError, match=r"pass 'calibrate' moved anomaly maps by [0-9.e-]+ .*over its tolerance 1e-09"
     ):
-        PassManager([InsertFakeQuant(weight_bits=4), Calibrate(method="max")]).run(graph, ctx)
+        # the weight quantizers are live from insertion: that pass gets its own (loose) tolerance here
+        PassManager([InsertFakeQuant(weight_bits=4, max_map_drift=1.0), Calibrate(method="max")]).run(graph, ctx)
+
+
+def test_insert_fake_quant_weight_error_is_measured_and_enforced(toy_model, toy_images):
+    graph = capture(toy_model, toy_images[:1])
+    ctx = _ctx(toy_images, tolerance=Tolerance(max_map_drift=1e-9))
+    with pytest.raises(DriftError, match=r"pass 'insert_fake_quant' moved anomaly maps by [0-9.e-]+ "):
+        PassManager([InsertFakeQuant(weight_bits=4)]).run(graph, ctx)
 
 
 def test_nan_in_calibration_batch_is_a_clear_error(toy_model, toy_images):

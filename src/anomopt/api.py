@@ -82,6 +82,13 @@ class OptimizedModel:
         out.update(self.extra)
         return out
 
+    def summary(self) -> str:
+        """Plain-text summary: per-pass drift beside its tolerance, AUROC before/after when measured, and
+        the artifact's size."""
+        from anomopt.summary import optimize_summary
+
+        return optimize_summary(self)
+
     def predict(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Scores ``(N,)`` and maps ``(N, H, W)`` from what this model deploys as."""
         return self.graph.predict(images)
@@ -204,6 +211,7 @@ def optimize(
     ``tolerance`` AUROC limits, gates the result. ``passes`` replaces the shipped pipeline: a ``.toml``
     path, a :class:`Pipeline`, or a list of passes / names / ``"module:Class"`` strings / ``(name, options)``.
     ``pass_options`` overrides options of named passes in the pipeline, e.g. ``{"calibrate": {"method": "max"}}``.
+    ``progress`` prints a line per pass step on stderr (bars for calibration / QAT) and the final summary.
 
     Thresholds belong to the model that ships: after the pipeline, the per-category statistics and
     thresholds are re-fitted on the lowered artifact as its runtime runs it (ONNX Runtime; for TensorRT
@@ -214,6 +222,9 @@ def optimize(
     statistics are kept and a warning says so. A checkpoint without thresholds (unfinished training)
     raises :class:`CheckpointError`.
     """
+    from anomopt.progress import Progress
+
+    reporter = Progress(progress)
     spec = get_target(target)
     spec.check_bits(bits)
     policy = parse_policy(threshold_policy) if threshold_policy is not None else None
@@ -274,6 +285,13 @@ def optimize(
     base_tol = pipeline.tolerance
     if tol is None:
         tol = base_tol.merged(dict(tolerance or {}))
+    if eval is None:
+        limits = [k for k in ("max_image_auroc_drop", "max_pixel_auroc_drop") if np.isfinite(getattr(tol, k))]
+        if limits:
+            raise ConfigError(
+                f"tolerance {', '.join(limits)} needs labelled test data to measure AUROC: pass eval=... "
+                "(CLI: --evaluate) or drop the limit"
+            )
     ctx = PassContext(
         target=spec,
         bits=bits,
@@ -286,12 +304,20 @@ def optimize(
         progress=progress,
         workdir=str(workdir) if workdir else None,
         state={"calib_source": calib_source, "categories": categories, "normalization": normalization},
+        reporter=reporter,
+    )
+    reporter.log(
+        f"optimize: {pipeline.name} ({len(pipeline.passes)} passes) for {spec.name} at {bits} bits, "
+        f"{len(calib_images)} calibration images ({calib_source}), drift on {len(held)} held images"
     )
     graph = capture(work, held[:1])
     graph.meta.update(
         {"categories": categories, "normalization": normalization, "model_config": work.config.to_dict()}
     )
-    metrics_before = evaluate_graph(graph, eval, normalization=normalization or None) if eval is not None else None
+    metrics_before = None
+    if eval is not None:
+        reporter.log(f"optimize: measuring the input model's AUROC on {len(eval)} labelled images")  # type: ignore[arg-type]
+        metrics_before = evaluate_graph(graph, eval, normalization=normalization or None, progress=progress)
     ctx.state["reference_metrics"] = metrics_before
     run_passes = list(pipeline.passes)
     wants_gate = np.isfinite(tol.max_image_auroc_drop) or np.isfinite(tol.max_pixel_auroc_drop)
@@ -300,6 +326,7 @@ def optimize(
     graph, report = PassManager(run_passes).run(graph, ctx)
     if val_set is not None:
         _ensure_lowered(graph, spec, bits, ctx)
+        reporter.log(f"optimize: re-fitting thresholds on the lowered model, {len(val_set)} validation images")
         normalization, source = refit_thresholds(graph, val_set, policy, progress)
         source["validation"] = val_how
         graph.meta["normalization_source"] = source
@@ -320,8 +347,9 @@ def optimize(
     graph.meta["normalization"] = normalization
     metrics_after = graph.meta.get("metrics_after")
     if eval is not None and (normalization or metrics_after is None):
-        metrics_after = evaluate_graph(graph, eval, normalization=normalization or None)
-    return OptimizedModel(
+        reporter.log("optimize: measuring the optimized model's AUROC")
+        metrics_after = evaluate_graph(graph, eval, normalization=normalization or None, progress=progress)
+    result = OptimizedModel(
         graph=graph,
         target=spec,
         bits=bits,
@@ -332,3 +360,5 @@ def optimize(
         metrics_before=metrics_before,
         metrics_after=metrics_after,
     )
+    reporter.log(f"optimize: done in {reporter.elapsed():.1f}s\n{result.summary()}")
+    return result

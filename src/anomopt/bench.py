@@ -361,6 +361,194 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, 
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------- reading the numbers
+
+
+def strip_qdq(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Write the FP32 twin of a Q/DQ ONNX model: constant ``DequantizeLinear`` inputs (weights, biases)
+    are folded into float initializers, also where the scale is computed from other constants (bias scale =
+    input scale x weight scale): ONNX Runtime's fast conv layouts need constant weights and biases, as in an
+    FP32 export. Every activation ``QuantizeLinear -> DequantizeLinear`` pair becomes a float ``Clip`` to
+    the range it represents (ONNX Runtime's quantizer drops a ReLU that the uint8 range already clips, so a plain
+    bypass would change the math). Same graph, float kernels: the FP32 baseline of an INT8 artifact.
+    A model without Q/DQ is copied unchanged."""
+    from onnx import helper, numpy_helper
+
+    proto = onnx.load(str(src))
+    g = proto.graph
+    inits = {t.name: t for t in g.initializer}
+    producers = {o: n for n in g.node for o in n.output}
+
+    ops = {"Mul": np.multiply, "Div": np.divide, "Add": np.add, "Sub": np.subtract}
+
+    def const(name: str, depth: int = 0) -> np.ndarray | None:
+        """The value of a tensor computable from initializers alone (e.g. a bias scale = input scale x
+        weight scale), else None."""
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        node = producers.get(name)
+        if node is None or depth > 4 or node.op_type not in (*ops, "Identity", "Reshape"):
+            return None
+        args = [const(i, depth + 1) for i in node.input]
+        if any(a is None for a in args):
+            return None
+        if node.op_type == "Identity":
+            return args[0]
+        if node.op_type == "Reshape":
+            return args[0].reshape(args[1].astype(np.int64))
+        return ops[node.op_type](args[0], args[1]).astype(args[0].dtype)
+
+    folded: dict[str, np.ndarray] = {}
+    replace: dict[int, Any] = {}  # id(DQ node) -> Clip node
+    drop: set[int] = set()
+    for n in g.node:
+        if n.op_type != "DequantizeLinear":
+            continue
+        scale = const(n.input[1])
+        zp_raw = const(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if scale is None or (len(n.input) > 2 and n.input[2] and zp_raw is None):
+            continue
+        scale = scale.astype(np.float32)
+        zp = zp_raw.astype(np.float32) if zp_raw is not None else np.zeros_like(scale, dtype=np.float32)
+        q_in = numpy_helper.to_array(inits[n.input[0]]) if n.input[0] in inits else None
+        if q_in is not None:
+            q = q_in.astype(np.float32)
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+            if scale.ndim == 1 and scale.size > 1:
+                shape = [1] * q.ndim
+                shape[axis % q.ndim] = scale.size
+                scale, zp = scale.reshape(shape), zp.reshape(shape)
+            folded[n.output[0]] = (q - zp) * scale.astype(np.float32)
+            drop.add(id(n))
+        elif n.input[0] in producers and producers[n.input[0]].op_type == "QuantizeLinear" and scale.size == 1:
+            info = np.iinfo(zp_raw.dtype if zp_raw is not None else np.uint8)
+            lo = np.asarray((info.min - zp) * scale, dtype=np.float32).reshape(())
+            hi = np.asarray((info.max - zp) * scale, dtype=np.float32).reshape(())
+            x = producers[n.input[0]].input[0]
+            folded[n.output[0] + "_clip_lo"], folded[n.output[0] + "_clip_hi"] = lo, hi
+            replace[id(n)] = helper.make_node(
+                "Clip", [x, n.output[0] + "_clip_lo", n.output[0] + "_clip_hi"], [n.output[0]],
+                name=(n.name or n.output[0]) + "_fp32",
+            )
+    if not drop and not replace:
+        Path(dst).write_bytes(Path(src).read_bytes())
+        return Path(dst)
+    nodes = [replace.get(id(n), n) for n in g.node if id(n) not in drop]
+    outputs = {o.name for o in g.output}
+    while True:  # drop nodes nothing reads any more (the Qs, the constant scale arithmetic)
+        used = {i for n in nodes for i in n.input} | outputs
+        kept_nodes = [n for n in nodes if any(o in used for o in n.output)]
+        if len(kept_nodes) == len(nodes):
+            break
+        nodes = kept_nodes
+    used = {i for n in nodes for i in n.input}
+    del g.node[:]
+    g.node.extend(nodes)
+    kept = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    g.initializer.extend(numpy_helper.from_array(v, name=k) for k, v in folded.items() if k in used)
+    onnx.save(proto, str(dst))
+    return Path(dst)
+
+
+def quantization_profile(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What of an ONNX model runs in integer kernels: ONNX Runtime's fused kernels per role
+    (:func:`anomopt.targets.ort_lowering.integer_kernel_counts`), the share of conv MACs in the roles that
+    got integer convs, and how many of the quantized convs are depthwise."""
+    from anomopt.targets.ort_lowering import integer_kernel_counts
+
+    counts = integer_kernel_counts(path)
+    by_role = {r: v for r, v in counts["by_role"].items()}
+    macs = onnx_conv_macs(path)
+    int_roles = [r for r, v in by_role.items() if v.get("integer", 0) > 0 and r in ROLES]
+    total = max(1, macs["total"])
+    proto = onnx.load(str(path))
+    producers = {o: n.op_type for n in proto.graph.node for o in n.output}
+    quant_convs = [
+        n for n in proto.graph.node if n.op_type == "Conv" and producers.get(n.input[1]) == "DequantizeLinear"
+    ]
+    depthwise = sum(1 for n in quant_convs if next((a.i for a in n.attribute if a.name == "group"), 1) > 1)
+    return {
+        "integer_convs": counts["integer_convs"],
+        "float_convs": counts["float_convs"],
+        "by_role": by_role,
+        "integer_mac_share": sum(macs[r] for r in int_roles) / total,
+        "mac_share": {r: macs[r] / total for r in ROLES},
+        "quantized_convs": len(quant_convs),
+        "depthwise_quantized": depthwise,
+        "quantize_linear": counts["quantize_linear"],
+    }
+
+
+def kernels_text(profile: dict[str, Any] | None) -> str:
+    """``student 21/21 int, teacher 0/24 int`` from :func:`quantization_profile` (empty for ``None``)."""
+    if not profile:
+        return ""
+    parts = []
+    for role in ROLES:
+        v = profile["by_role"].get(role)
+        if v:
+            parts.append(f"{role} {v['integer']}/{v['integer'] + v['float']}")
+    return ", ".join(parts)
+
+
+def machine_load(threads: int) -> dict[str, Any]:
+    """The 1-minute load average against the free cores: ``busy`` when fewer than ``threads`` cores are
+    idle (load1 > logical cores - threads + 0.5), with the warning to print."""
+    try:
+        load1 = os.getloadavg()[0]
+    except OSError:
+        return {"load1": None, "busy": False, "warning": None}
+    cores = os.cpu_count() or 1
+    busy = load1 > cores - threads + 0.5
+    warning = (
+        f"warning: the 1-min load average is {load1:.2f} on {cores} logical cores, so fewer than the {threads} "
+        "benchmark threads have a core to themselves: other work competes, and these numbers (the speed-ups "
+        "too) may be unreliable; rerun on a quiet machine or with fewer --threads"
+        if busy
+        else None
+    )
+    return {"load1": round(load1, 2), "logical_cores": cores, "threads": threads, "busy": busy, "warning": warning}
+
+
+def slow_int8_reasons(profile: dict[str, Any] | None, load: dict[str, Any]) -> list[str]:
+    """Why an INT8 model may come out no faster than FP32, from what the lowered graph and the machine say."""
+    reasons: list[str] = []
+    if profile:
+        share = profile["integer_mac_share"]
+        if profile["integer_convs"] == 0:
+            reasons.append(
+                "no conv runs as an integer kernel: ONNX Runtime kept the quantized convs in float "
+                "(it pays for the quantize/dequantize and gains nothing)"
+            )
+        elif share < 0.75:
+            fp_roles = [
+                f"the FP32 {r} ({100 * profile['mac_share'][r]:.0f}%)"
+                for r in ROLES
+                if profile["mac_share"].get(r, 0) > 0.05 and not profile["by_role"].get(r, {}).get("integer")
+            ]
+            reasons.append(
+                f"only {100 * share:.0f}% of the conv multiply-adds run in integer kernels; the rest is "
+                f"{', '.join(fp_roles) or 'float'} (the student-only scope keeps the teacher FP32), so even "
+                f"free int8 convs would cap the speed-up at {1 / max(1e-9, 1 - share):.2f}x"
+            )
+        if profile["depthwise_quantized"]:
+            reasons.append(
+                f"{profile['depthwise_quantized']} of the {profile['quantized_convs']} quantized convs are "
+                "depthwise: little arithmetic per byte, so int8 saves little there while the quantize / "
+                "dequantize around them costs"
+            )
+        left = sum(v.get("float", 0) for v in profile["by_role"].values() if v.get("integer"))
+        if left:
+            reasons.append(f"{left} convs in the quantized roles still run as float kernels")
+    if load.get("busy"):
+        reasons.append("the machine is busy (see the load warning): timings are noisy")
+    if not reasons:
+        reasons.append("small images give int8 kernels little work per call; try a larger --image-size or batch")
+    return reasons
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Worker entry point: ``python -m anomopt.bench --worker '{"backend": ...}'`` prints one JSON line."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -1,5 +1,5 @@
-"""``anomopt export`` (optimize a checkpoint for a target and write the artifact folder) and
-``anomopt bench`` (latency / throughput / memory of an artifact folder or a checkpoint)."""
+"""``anomopt export``: optimize a checkpoint for a target and write the artifact folder (``anomopt bench``
+lives in :mod:`anomopt.cli.bench_cmd`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from anomopt.errors import ConfigError
 
-__all__ = ["register", "run_bench", "run_export"]
+__all__ = ["register", "run_export"]
 
 PRECISION_BITS = {"8": 8, "16": 16, "32": 32, "int8": 8, "fp16": 16, "fp32": 32}
 
@@ -24,7 +24,7 @@ def _bits(text: str) -> int:
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``export`` and ``bench`` commands."""
+    """Add the ``export`` command."""
     export = subparsers.add_parser(
         "export",
         help="optimize a trained checkpoint for a target and write the deployable artifact folder",
@@ -101,30 +101,8 @@ def register(subparsers: Any) -> None:
         "(target false-reject rate R, e.g. fpr:0.01); see docs/decisions.md",
     )
     export.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    export.add_argument("--quiet", action="store_true", help="no progress bars")
+    export.add_argument("--quiet", action="store_true", help="no progress lines or bars; print only the summary")
     export.set_defaults(func=run_export)
-
-    bench = subparsers.add_parser(
-        "bench",
-        help="measure latency, throughput and memory of an artifact folder or a checkpoint",
-        description=(
-            "Benchmark ARTIFACT_OR_CHECKPOINT on this CPU. An artifact folder is timed in ONNX Runtime; a "
-            "checkpoint is timed as FP32 torch eager, FP32 ONNX Runtime and INT8 ONNX Runtime (calibrated on "
-            "--calib-data, or on random-normal noise when absent, which times the same kernels). Batch-1 "
-            "latency p50/p90/p99 after warm-up, batch-8 throughput, peak RSS per backend "
-            "(each in its own process)."
-        ),
-    )
-    bench.add_argument(
-        "target", metavar="ARTIFACT_OR_CHECKPOINT", help="artifact folder (meta.json) or checkpoint file"
-    )
-    bench.add_argument("--threads", type=int, default=2, help="intra-op threads (default: 2)")
-    bench.add_argument("--iters", type=int, default=50, help="timed batch-1 runs (default: 50)")
-    bench.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (default: 10)")
-    bench.add_argument("--batch", type=int, default=8, help="throughput batch size (default: 8)")
-    bench.add_argument("--calib-data", metavar="DIR", help="checkpoint mode: calibration data set root")
-    bench.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
-    bench.set_defaults(func=run_bench)
 
 
 def _calibration_set(args: argparse.Namespace, image_size: int, categories: list[str]) -> Any:
@@ -188,91 +166,11 @@ def run_export(args: argparse.Namespace) -> int:
             threshold_policy=args.threshold_policy,
         )
         out = optimized.save(args.out)
-    print(optimized.passes_report.table())
+    if args.quiet:  # otherwise optimize() printed the summary with its progress lines (stderr)
+        print(optimized.summary())
     meta = json.loads((Path(out) / "meta.json").read_text())
     sizes = ", ".join(f"{k} {v['bytes'] / 1e6:.2f} MB" for k, v in meta["files"].items())
     print(f"wrote {out} ({meta['target']} {meta['precision']}: {sizes})")
     if (Path(out) / "build_engine.sh").is_file():
         print(f"on the Jetson: copy {out} and run {Path(out) / 'build_engine.sh'}")
     return 0
-
-
-def run_bench(args: argparse.Namespace) -> int:
-    """``anomopt bench``: print a latency table; returns the exit code."""
-    from anomopt.bench import cpu_info, markdown_table, run_isolated
-
-    path = Path(args.target)
-    common = {"threads": args.threads, "iters": args.iters, "warmup": args.warmup, "batch": args.batch}
-    rows: list[dict[str, Any]] = []
-    if path.is_dir():
-        from anomopt.runtime import read_meta
-
-        meta = read_meta(path)
-        size = int(meta["image_size"])
-        row = run_isolated({"backend": "ort", "path": str(path / "model.onnx"), "image_size": size, **common})
-        rows.append({"name": f"{meta['model']} {meta['precision'].upper()} ORT ({meta['target']} artifact)", **row})
-    elif path.is_file():
-        rows = _bench_checkpoint(path, args, common)
-    else:
-        raise ConfigError(f"{path}: neither an artifact folder nor a checkpoint file")
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    info = cpu_info()
-    print(
-        f"CPU: {info['model']} ({info['logical_cores']} logical cores), {args.threads} threads, "
-        f"load average {info['loadavg']}"
-    )
-    print(
-        markdown_table(
-            rows,
-            [
-                ("backend", "name", ""),
-                ("p50 ms", "p50_ms", "{:.2f}"),
-                ("p90 ms", "p90_ms", "{:.2f}"),
-                ("p99 ms", "p99_ms", "{:.2f}"),
-                (f"batch-{args.batch} img/s", "throughput_ips", "{:.1f}"),
-                ("peak RSS MiB", "peak_rss_mb", "{:.0f}"),
-            ],
-        )
-    )
-    return 0
-
-
-def _bench_checkpoint(path: Path, args: argparse.Namespace, common: dict[str, Any]) -> list[dict[str, Any]]:
-    from anomopt.api import optimize
-    from anomopt.bench import run_isolated
-    from anomopt.checkpoint import load_checkpoint
-
-    model, payload = load_checkpoint(path)
-    size = int(model.config.image_size)
-    rows = [
-        {
-            "name": "FP32 torch eager",
-            **run_isolated({"backend": "torch", "path": str(path), "image_size": size, **common}),
-        }
-    ]
-    with tempfile.TemporaryDirectory(prefix="anomopt-bench-") as work:
-        for bits in (32, 8):
-            calib = None
-            source = "noise"
-            if bits == 8 and args.calib_data:
-                from anomopt.data import load_mvtec
-
-                calib = load_mvtec(
-                    args.calib_data, list(payload.get("categories") or []) or "all", "train", image_size=size
-                )
-                source = "train"
-            om = optimize(
-                model,
-                "cpu",
-                bits,
-                calib=calib,
-                calib_source=source,
-                workdir=Path(work) / str(bits),
-                progress=False,
-            )
-            onnx_path = om.graph.meta["artifact"]["model"]
-            row = run_isolated({"backend": "ort", "path": onnx_path, "image_size": size, **common})
-            rows.append({"name": f"{'INT8' if bits == 8 else 'FP32'} ONNX Runtime", **row})
-    return rows

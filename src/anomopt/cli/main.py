@@ -26,6 +26,8 @@ COMMAND_MODULES: dict[str, dict[str, str]] = {
     "anomopt.cli.optimize_cmd": {"optimize": "optimize a trained checkpoint for a target"},
     "anomopt.cli.export_cmd": {
         "export": "optimize a trained checkpoint for a target and write the deployable artifact folder",
+    },
+    "anomopt.cli.bench_cmd": {
         "bench": "measure latency, throughput and memory of an artifact folder or a checkpoint",
     },
     "anomopt.cli.predict_cmd": {"predict": "score images with an exported artifact"},

@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="artifact folder to write")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress lines or bars; print only the final summary")
     p.set_defaults(func=run)
 
 
@@ -56,9 +56,15 @@ def run(args: argparse.Namespace) -> int:
     from anomopt.api import optimize
     from anomopt.checkpoint import read_checkpoint
     from anomopt.data import load_mvtec
+    from anomopt.errors import ConfigError
     from anomopt.metrics import format_table
     from anomopt.targets.modelopt_quant import quantizer_variant
 
+    if not args.evaluate:
+        given = [f for f, v in (("--max-image-auroc-drop", args.max_image_auroc_drop),
+                                ("--max-pixel-auroc-drop", args.max_pixel_auroc_drop)) if v is not None]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} needs --evaluate (AUROC is measured on the test split)")
     payload = read_checkpoint(args.checkpoint)
     size = int(payload["config"]["image_size"])
     cats = args.categories if args.categories != "all" else (payload.get("categories") or "all")
@@ -92,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         data_root=args.data,
         threshold_policy=args.threshold_policy,
     )
-    print(om.passes_report.table())
+    if args.quiet:  # otherwise optimize() printed the summary with its progress lines (stderr)
+        print(om.summary())
     if om.metrics_before is not None and om.metrics_after is not None:
         print(format_table(om.metrics_before, title="before (FP32 checkpoint, its own thresholds)"))
         print(format_table(om.metrics_after, title="after (the artifact, at the thresholds it ships)"))

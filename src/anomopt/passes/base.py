@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from anomopt.graph import ModelGraph
+from anomopt.progress import Progress
 
 ALL = frozenset({"*"})
 
@@ -59,6 +60,20 @@ class PassContext:
     progress: bool = False
     workdir: str | None = None  # where lowering writes its artifact
     state: dict[str, Any] = field(default_factory=dict)  # e.g. the input model's AUROC, shared by passes
+    reporter: Progress | None = field(default=None, repr=False)  # made from ``progress`` when absent
+
+    def _reporter(self) -> Progress:
+        if self.reporter is None or self.reporter.enabled != bool(self.progress):
+            self.reporter = Progress(self.progress)
+        return self.reporter
+
+    def log(self, message: str) -> None:
+        """A timestamped progress line on stderr (silent when ``progress`` is False)."""
+        self._reporter().log(message)
+
+    def bar(self, total: int | None, desc: str, unit: str = "it") -> Any:
+        """A progress bar on stderr (disabled when ``progress`` is False); close it when done."""
+        return self._reporter().bar(total, desc, unit)
 
 
 class Pass:
@@ -70,6 +85,7 @@ class Pass:
     provides: ClassVar[frozenset[str]] = frozenset()
     preserves: ClassVar[frozenset[str]] = ALL
     changes_outputs: ClassVar[bool] = True  # False: the manager skips the drift measurement
+    no_drift_reason: ClassVar[str] = "the pass does not change the model's outputs"  # shown instead of a drift
 
     TOLERANCE_KEYS: ClassVar[tuple[str, ...]] = tuple(f.name for f in fields(Tolerance))
 

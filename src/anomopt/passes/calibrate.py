@@ -7,6 +7,8 @@ or from noise.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from anomopt.errors import DataError
@@ -17,7 +19,12 @@ from anomopt.quant import RangeCollector, compute_range
 
 
 def _collect(
-    graph: ModelGraph, images: torch.Tensor, batch: int, phase: str, collectors: dict[str, RangeCollector]
+    graph: ModelGraph,
+    images: torch.Tensor,
+    batch: int,
+    phase: str,
+    collectors: dict[str, RangeCollector],
+    bar: Any = None,
 ):
     handles = []
     for name in collectors:
@@ -37,6 +44,8 @@ def _collect(
         with torch.no_grad():
             for i in range(0, len(images), batch):
                 graph.model(images[i : i + batch])
+                if bar is not None:
+                    bar.update(1)
     finally:
         for h in handles:
             h.remove()
@@ -63,13 +72,21 @@ class Calibrate(Pass):
         for q in quantizers.values():
             q.enabled = False
         collectors = {name: RangeCollector(name) for name in layers}
+        batches = (len(images) + batch - 1) // batch
+        phases = 1 if method == "max" else 2
+        ctx.log(
+            f"calibrate: {method} ranges of {len(layers)} layers from {len(images)} images "
+            f"({ctx.state.get('calib_source', 'given')}), {phases} x {batches} batches"
+        )
+        bar = ctx.bar(phases * batches, "calibrate", unit="batch")
         try:
-            _collect(graph, images, batch, "minmax", collectors)
+            _collect(graph, images, batch, "minmax", collectors, bar)
             if method != "max":
                 for c in collectors.values():
                     c.start_histogram()
-                _collect(graph, images, batch, "hist", collectors)
+                _collect(graph, images, batch, "hist", collectors, bar)
         finally:
+            bar.close()
             for q in quantizers.values():
                 q.enabled = True
         clipped = 0

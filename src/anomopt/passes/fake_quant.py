@@ -82,7 +82,8 @@ class InsertFakeQuant(Pass):
     name = "insert_fake_quant"
     provides = frozenset({"fake_quant"})
     preserves = frozenset({"bn_folded", "pruned"})
-    changes_outputs = False  # quantizers stay identity until calibrated
+    # The per-channel weight quantizers are live from insertion (their ranges come from the weights); only
+    # the activation quantizers wait for `calibrate`. So the drift is measured: it is the weight-only error.
 
     def run(self, graph: ModelGraph, ctx: PassContext) -> ModelGraph:
         scope = self.options.get("scope", "student")

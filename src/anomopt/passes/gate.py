@@ -12,11 +12,16 @@ from anomopt.passes.base import Pass, PassContext
 
 
 def evaluate_graph(
-    graph: ModelGraph, dataset, pixel: bool = True, batch_size: int = 8, normalization: dict[str, Any] | None = None
+    graph: ModelGraph,
+    dataset,
+    pixel: bool = True,
+    batch_size: int = 8,
+    normalization: dict[str, Any] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Per-category and mean metrics of what the graph deploys as, on a labelled data set (with the
     decision metrics at ``normalization``'s thresholds when given)."""
-    preds = predict_dataset(graph.predict, dataset, batch_size=batch_size)
+    preds = predict_dataset(graph.predict, dataset, batch_size=batch_size, progress=progress, desc="evaluate")
     return evaluate_predictions(
         preds.categories,
         preds.labels,
@@ -34,6 +39,7 @@ class AccuracyGate(Pass):
 
     name = "accuracy_gate"
     changes_outputs = False
+    no_drift_reason = "evaluation only: measures AUROC, leaves the model as it is"
 
     def run(self, graph: ModelGraph, ctx: PassContext) -> ModelGraph:
         if ctx.eval_set is None:
@@ -42,7 +48,8 @@ class AccuracyGate(Pass):
         before = ctx.state.get("reference_metrics")
         if before is None:
             raise ConfigError("accuracy_gate: the input model's metrics were not measured")
-        after = evaluate_graph(graph, ctx.eval_set)
+        ctx.log(f"accuracy_gate: evaluating the optimized model on {len(ctx.eval_set)} labelled images")
+        after = evaluate_graph(graph, ctx.eval_set, progress=ctx.progress)
         drop_img = 100.0 * (before["mean"]["image_auroc"] - after["mean"]["image_auroc"])
         drop_pix = 100.0 * (before["mean"]["pixel_auroc"] - after["mean"]["pixel_auroc"])
         graph.meta["metrics_after"] = after

@@ -27,6 +27,7 @@ class PassRecord:
     tolerance: dict[str, float]
     properties: list[str]
     notes: dict[str, Any] = field(default_factory=dict)
+    drift_note: str | None = None  # why ``drift`` is None (the pass leaves outputs as they are, no held batch)
 
 
 @dataclass
@@ -39,15 +40,29 @@ class PipelineReport:
         return {"passes": [asdict(r) for r in self.records]}
 
     def table(self) -> str:
-        """A fixed-width text table: pass, seconds, score drift, map drift, rank correlation."""
-        lines = [f"{'pass':28s} {'seconds':>8s} {'score drift':>12s} {'map drift':>10s} {'rank corr':>9s}"]
+        """A fixed-width text table: pass, seconds, score and map drift each beside its tolerance, rank
+        correlation; ``n/a`` with the reason where no drift was measured."""
+        lines = [
+            f"{'pass':24s} {'seconds':>8s}  {'score drift':>11s} {'tolerance':>10s}  "
+            f"{'map drift':>10s} {'tolerance':>10s}  {'rank corr':>9s}"
+        ]
         for r in self.records:
-            d = r.drift or {}
+            if r.drift is None:
+                why = r.drift_note or "not measured"
+                lines.append(f"{r.name:24s} {r.seconds:8.2f}  {'n/a':>11s} {'':10s}  {'n/a':>10s} {'':10s}  "
+                             f"{'':9s}  ({why})")
+                continue
+            d = r.drift
             lines.append(
-                f"{r.name:28s} {r.seconds:8.2f} {d.get('score', float('nan')):12.4g} "
-                f"{d.get('map', float('nan')):10.4g} {d.get('score_rank_corr', float('nan')):9.4f}"
+                f"{r.name:24s} {r.seconds:8.2f}  {d['score']:11.3g} {_tol(r.tolerance, 'max_score_drift'):>10s}  "
+                f"{d['map']:10.3g} {_tol(r.tolerance, 'max_map_drift'):>10s}  {d['score_rank_corr']:9.4f}"
             )
         return "\n".join(lines)
+
+
+def _tol(tolerance: dict[str, float], key: str) -> str:
+    value = tolerance.get(key)
+    return "none" if value is None or not np.isfinite(value) else f"<= {value:.2g}"
 
 
 def _held_outputs(graph: ModelGraph, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -81,15 +96,23 @@ class PassManager:
         report = PipelineReport()
         held = ctx.held_images
         ref = _held_outputs(graph, held) if held is not None else None
-        for p in self.passes:
+        n = len(self.passes)
+        for i, p in enumerate(self.passes, 1):
+            ctx.log(f"pass {i}/{n} {p.name}: start")
             t0 = time.perf_counter()
             graph = p.run(graph, ctx)
             seconds = time.perf_counter() - t0
             graph.properties = _after(graph.properties, p)
             tol: Tolerance = ctx.tolerance.merged(p.tolerance_override)
             drift: Drift | None = None
-            if ref is not None and held is not None and p.changes_outputs:
+            drift_note: str | None = None
+            if not p.changes_outputs:
+                drift_note = p.no_drift_reason
+            elif ref is None or held is None:
+                drift_note = "no held batch of normal images to measure it on"
+            else:
                 drift = measure_drift(*_held_outputs(graph, held), *ref)
+            ctx.log(f"pass {i}/{n} {p.name}: done in {seconds:.1f}s, " + _drift_text(drift, drift_note, tol))
             notes = dict(graph.meta.pop("last_pass_notes", {}) or {})
             report.records.append(
                 PassRecord(
@@ -100,12 +123,26 @@ class PassManager:
                     tolerance={k: v for k, v in asdict(tol).items() if np.isfinite(v)},
                     properties=sorted(graph.properties),
                     notes=notes,
+                    drift_note=drift_note,
                 )
             )
             if drift is not None:
                 _enforce(p.name, drift, tol)
         graph.meta["report"] = report
         return graph, report
+
+
+def _drift_text(drift: Drift | None, note: str | None, tol: Tolerance) -> str:
+    if drift is None:
+        return f"drift n/a ({note})"
+
+    def limit(x: float) -> str:
+        return f"<= {x:.2g}" if np.isfinite(x) else "no limit"
+
+    return (
+        f"score drift {drift.score:.3g} ({limit(tol.max_score_drift)}), "
+        f"map drift {drift.map:.3g} ({limit(tol.max_map_drift)})"
+    )
 
 
 def _after(props: set[str], p: Pass) -> set[str]:

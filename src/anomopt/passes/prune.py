@@ -516,6 +516,7 @@ def finetune(
     batch_size: int,
     seed: int = 0,
     progress: bool = False,
+    bar: Any = None,
 ) -> list[float]:
     """Train the trainable parameters of ``roles`` on the distillation loss; other roles stay frozen."""
     roles = set(roles)
@@ -530,7 +531,8 @@ def finetune(
     optimizer = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
     steps = (len(images) + batch_size - 1) // batch_size
-    bar = tqdm(total=epochs * steps, desc="prune fine-tune", disable=not progress, leave=False)
+    if bar is None:
+        bar = tqdm(total=epochs * steps, desc="prune fine-tune", disable=not progress, leave=False)
     losses: list[float] = []
     try:
         for _ in range(epochs):
@@ -648,8 +650,10 @@ class Prune(Pass):
             }
             apply_channel_selection(model, to_prune, keep)
             notes["loss_after_prune"] = _mean_loss(model, images, opts["batch_size"], n_imp)
+            steps = (len(images) + opts["batch_size"] - 1) // opts["batch_size"]
+            ctx.log(f"prune: fine-tuning {opts['epochs']} epoch(s) x {steps} steps")
             losses = finetune(model, images, opts["roles"], opts["epochs"], opts["lr"], opts["batch_size"],
-                              ctx.seed, ctx.progress)
+                              ctx.seed, ctx.progress, bar=ctx.bar(opts["epochs"] * steps, "prune fine-tune", "step"))
             notes["loss_after_finetune"] = _mean_loss(model, images, opts["batch_size"], n_imp)
             refit = model.refit_statistics(images, opts["batch_size"]) if hasattr(model, "refit_statistics") else {}
             if refit:

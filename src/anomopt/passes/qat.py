@@ -8,7 +8,6 @@ the weights after every epoch.
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from anomopt.errors import DataError
 from anomopt.graph import ModelGraph
@@ -36,7 +35,8 @@ class QATFineTune(Pass):
         gen = torch.Generator().manual_seed(ctx.seed)
         losses = []
         steps = (len(images) + batch - 1) // batch
-        bar = tqdm(total=epochs * steps, desc="qat", disable=not ctx.progress, leave=False)
+        ctx.log(f"qat_finetune: {epochs} epoch(s) x {steps} steps of {batch} images, lr {lr:g}")
+        bar = ctx.bar(epochs * steps, "qat", unit="step")
         for _ in range(epochs):
             model.train()
             order = torch.randperm(len(images), generator=gen)
@@ -51,6 +51,7 @@ class QATFineTune(Pass):
                 bar.update(1)
             losses.append(total / steps)
             recalibrate_weights(graph)
+            ctx.log(f"qat_finetune: epoch {len(losses)}/{epochs}, mean loss {losses[-1]:.4g}")
         bar.close()
         model.eval()
         refit = model.refit_statistics(images, batch)

@@ -50,10 +50,13 @@ def lower_graph(
     out_dir: str | Path,
     calib_images: torch.Tensor | None = None,
     options: dict[str, Any] | None = None,
+    log: Any = None,
 ) -> dict[str, Any]:
     """Write the artifact files for ``target`` at ``bits`` into ``out_dir``; returns the artifact record
-    (paths, precision, runtime, notes) that :func:`anomopt.targets.export.save_artifact` reuses."""
+    (paths, precision, runtime, notes) that :func:`anomopt.targets.export.save_artifact` reuses.
+    ``log``: an optional ``callable(str)`` told about each step (progress)."""
     opts = dict(options or {})
+    say = log or (lambda _msg: None)
     target.check_bits(bits)
     if str(opts.get("backend", "onnx")) not in ("onnx", "torch_tensorrt"):
         raise TargetError(f"lower: backend must be 'onnx' or 'torch_tensorrt', not {opts.get('backend')!r}")
@@ -88,6 +91,7 @@ def lower_graph(
             "(xavier_nx / orin, trt_quantization='explicit')"
         )
     if target.runtime == "onnxruntime":
+        say(f"lower: exporting the FP32 ONNX graph (opset {opset})")
         fp32 = export_onnx(graph, work / "model_fp32.onnx", opset=opset)
         notes["export"] = fp32.notes
         if quantized:
@@ -95,6 +99,7 @@ def lower_graph(
 
             if calib_images is None:
                 raise TargetError("CPU INT8 lowering needs calibration images")
+            say(f"lower: ONNX Runtime static INT8 (QDQ) from {len(calib_images)} calibration images")
             notes["quantization"] = quantize_ort_int8(
                 fp32.path,
                 out / MODEL_FILE,
@@ -104,6 +109,7 @@ def lower_graph(
                 use_torch_ranges=bool(opts.get("use_torch_ranges", True)),
                 float_consumers=bool(opts.get("float_consumers", True)),
             )
+            say("lower: counting the integer kernels in ONNX Runtime's optimized graph")
             kernels = integer_kernel_counts(out / MODEL_FILE)
             notes["integer_kernels"] = {
                 k: kernels[k] for k in ("integer_convs", "float_convs", "by_role", "qlinear_other")
@@ -118,6 +124,7 @@ def lower_graph(
         if mode not in ("explicit", "implicit"):
             raise TargetError(f"trt_quantization must be 'explicit' or 'implicit', not {mode!r}")
         calib_file = None
+        say(f"lower: TensorRT {precision.upper()} ONNX ({mode if quantized else 'no'} quantization)")
         if quantized and backend == "modelopt":
             from anomopt.targets.modelopt_quant import export_modelopt_qdq
 
@@ -202,7 +209,7 @@ class Lower(Pass):
             out = Path(ctx.workdir) / f"artifact-{ctx.target.name}-{precision_name(ctx.bits)}"
         else:
             out = Path(tempfile.mkdtemp(prefix=f"anomopt-{ctx.target.name}-{precision_name(ctx.bits)}-"))
-        record = lower_graph(graph, ctx.target, ctx.bits, out, ctx.calib_images, self.options)
+        record = lower_graph(graph, ctx.target, ctx.bits, out, ctx.calib_images, self.options, log=ctx.log)
         graph.meta["artifact"] = record
         graph.runner = OnnxRunner(record["model"], threads=self.options.get("threads"), description=record["runner"])
         graph.meta["last_pass_notes"] = {
