@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from anomopt.checkpoint import load_checkpoint
 from anomopt.errors import ConfigError
 from anomopt.graph import ModelGraph, capture
 from anomopt.models import KDModel
+from anomopt.outputs import make_work_dir, sweep_stale_work_dirs
 from anomopt.passes import (
     AccuracyGate,
     Pass,
@@ -78,11 +81,17 @@ class OptimizedModel:
         """Scores ``(N,)`` and maps ``(N, H, W)`` from what this model deploys as."""
         return self.graph.predict(images)
 
-    def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the deployable artifact folder (``model.onnx`` + ``meta.json`` + ``report.json``)."""
+    def save(
+        self, directory: str | os.PathLike[str], overwrite: bool = False, inputs: tuple[str, ...] = ()
+    ) -> Path:
+        """Write the deployable artifact folder (``model.onnx`` + ``meta.json`` + ``report.json``).
+
+        An existing ``directory`` is replaced whole only when it is empty or an earlier artifact, unless
+        ``overwrite``; never when it holds one of ``inputs`` (e.g. the checkpoint) or the working folder.
+        """
         from anomopt.targets.export import save_artifact
 
-        return save_artifact(self, Path(directory))
+        return save_artifact(self, Path(directory), overwrite=overwrite, inputs=tuple(inputs))
 
 
 def _as_pipeline(passes: Any, target: TargetSpec, bits: int, variant: str | None) -> Pipeline:
@@ -134,6 +143,7 @@ def optimize(
     """
     spec = get_target(target)
     spec.check_bits(bits)
+    sweep_stale_work_dirs()  # temp folders of earlier runs that were killed
     payload: dict[str, Any] = {}
     if isinstance(model, (str, os.PathLike)):
         model, payload = load_checkpoint(model)
@@ -207,10 +217,24 @@ def optimize(
     wants_gate = np.isfinite(tol.max_image_auroc_drop) or np.isfinite(tol.max_pixel_auroc_drop)
     if eval is not None and wants_gate and not any(isinstance(p, AccuracyGate) for p in run_passes):
         run_passes.append(AccuracyGate())
-    graph, report = PassManager(run_passes).run(graph, ctx)
-    metrics_after = graph.meta.get("metrics_after")
-    if eval is not None and metrics_after is None:
-        metrics_after = evaluate_graph(graph, eval)
+    owned = None
+    if ctx.workdir is None:  # lowering's files go to a marked temp folder that this call owns
+        owned = make_work_dir(f"anomopt-{spec.name}-{bits}bit-")
+        ctx.workdir = str(owned)
+    try:
+        graph, report = PassManager(run_passes).run(graph, ctx)
+        metrics_after = graph.meta.get("metrics_after")
+        if eval is not None and metrics_after is None:
+            metrics_after = evaluate_graph(graph, eval)
+    except BaseException:
+        if owned is not None:
+            shutil.rmtree(owned, ignore_errors=True)
+        raise
+    if owned is not None:
+        if isinstance(graph.meta.get("artifact"), dict) and graph.runner is not None:
+            weakref.finalize(graph.runner, shutil.rmtree, owned, True)  # the runner reads the lowered files
+        else:
+            shutil.rmtree(owned, ignore_errors=True)
     return OptimizedModel(
         graph=graph,
         target=spec,

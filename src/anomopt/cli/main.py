@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -35,10 +37,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that ``finally`` blocks clean temp files and release locks."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; user errors print one line on stderr and exit with status 2."""
+    """Run the CLI; user errors print one line on stderr and exit with status 2.
+
+    SIGINT exits with 130 and SIGTERM with 143, after the command's cleanup ran (temp folders removed,
+    locks released; complete checkpoints and artifacts stay, half-written files never replace them).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = None
+    with contextlib.suppress(ValueError):  # only the main thread may set handlers
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
     except AnomoptError as err:
@@ -47,6 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("anomopt: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("anomopt: terminated", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover
