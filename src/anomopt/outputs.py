@@ -366,27 +366,39 @@ def prepare_output_dir(
                     f"{target}: {flag} holds the input {inp}; replacing the folder would delete it, "
                     "so choose another folder"
                 )
-    parent = target.parent
-    if replaced:
-        parent.mkdir(parents=True, exist_ok=True)
-        lockfile = parent / f".{target.name}.lock"
-    else:
-        target.mkdir(parents=True, exist_ok=True)
-        lockfile = target / LOCK_NAME
-    with lock_folder(lockfile, target) if lock else contextlib.nullcontext():
-        if lock:
-            if replaced:
-                _sweep_replaced(target)
-            elif kind == "train":
-                _sweep_train(target)
-        found = folder_kind(target) if target.exists() else "missing"
-        if found not in ("missing", "empty", kind) and not overwrite:
-            detail = f"it holds {_NAMES[found]}" if found else "it is not an anomopt output"
-            raise ConfigError(
-                f"{target}: {flag} folder is not empty and {detail}; refusing to "
-                f"{'replace' if replaced else 'write into'} it (choose an empty or new folder, or pass --overwrite)"
-            )
-        yield OutputDir(target, kind, found, train_checkpoints(target) if kind == "train" else [])
+    made = target.parent if replaced else target
+    created = [d for d in (made, *made.parents) if not d.exists()]  # removed again if the run fails early
+    made.mkdir(parents=True, exist_ok=True)
+    lockfile = made / (f".{target.name}.lock" if replaced else LOCK_NAME)
+    try:
+        with lock_folder(lockfile, target) if lock else contextlib.nullcontext():
+            yield from _checked(target, kind, replaced, overwrite, flag, lock)
+    except BaseException:
+        for d in created:  # innermost first; stops at the first folder that is not empty
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _checked(
+    target: Path, kind: str, replaced: bool, overwrite: bool, flag: str, lock: bool
+) -> Iterator[OutputDir]:
+    """Under the lock: clean leftovers, then refuse a folder that may not be written."""
+    if lock:
+        if replaced:
+            _sweep_replaced(target)
+        elif kind == "train":
+            _sweep_train(target)
+    found = folder_kind(target) if target.exists() else "missing"
+    if found not in ("missing", "empty", kind) and not overwrite:
+        detail = f"it holds {_NAMES[found]}" if found else "it is not an anomopt output"
+        raise ConfigError(
+            f"{target}: {flag} folder is not empty and {detail}; refusing to "
+            f"{'replace' if replaced else 'write into'} it (choose an empty or new folder, or pass --overwrite)"
+        )
+    yield OutputDir(target, kind, found, train_checkpoints(target) if kind == "train" else [])
 
 
 # ------------------------------------------------------------------------------------------ work folders
