@@ -61,10 +61,13 @@ def _cli_train(root: Path, out: Path, capsys) -> tuple[int, str]:
             "1",
             "--image-size",
             str(SIZE),
+            "--val-fraction",
+            "0",  # 3 images: too few to hold out a threshold set; these tests are about the images
             "--quiet",
         ]
     )
-    return rc, capsys.readouterr().err
+    err = capsys.readouterr().err
+    return rc, "".join(line for line in err.splitlines(keepends=True) if not line.startswith("anomopt: warning:"))
 
 
 # ----------------------------------------------------------------------------------------------- images

@@ -16,14 +16,14 @@ from PIL import Image
 from anomopt.cli.main import main
 from anomopt.cli.overlay import OverlayInfo, render_overlay, z_scale
 from anomopt.runtime import Predictor, load_image
-from reliability.helpers import NORMALIZATION, SIZE, make_artifact, one_line_error, snapshot, write_images
+from reliability.helpers import NORMALIZATION, SIZE, one_line_error, snapshot, write_images
 
 STATS = NORMALIZATION["fabric"]
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory) -> Path:
-    return make_artifact(tmp_path_factory.mktemp("pa") / "art")
+def artifact(tiny_artifact) -> Path:
+    return tiny_artifact
 
 
 @pytest.fixture(scope="module")

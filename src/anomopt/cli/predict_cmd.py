@@ -225,7 +225,7 @@ def _predict(args: argparse.Namespace, paths: list[Path], broken: list[tuple[Pat
                 if not args.no_overlays:
                     zmap = (pred.map - th["map_mean"]) / th["map_std"]
                     info = OverlayInfo(
-                        path.name,
+                        f"{path.parent.name}/{path.name}" if path.parent.name else path.name,
                         category,
                         pred.score,
                         pred.normalized_score,
