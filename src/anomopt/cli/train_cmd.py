@@ -217,7 +217,12 @@ def _train(args: argparse.Namespace, od: OutputDir | None) -> int:
     for group in groups:
         name = "unified" if args.mode == "unified" else group[0]
         ckpt = out / "model.ckpt" if args.mode == "unified" else out / group[0] / "model.ckpt"
-        done = _announce_resume(ckpt, name, args.epochs) if args.resume and od is not None else 0
+        resume = args.resume
+        if resume and args.mode == "one-class" and not ckpt.is_file():  # the interrupted run never got here
+            resume = False
+            if od is not None:
+                print(f"{name}: no checkpoint at {ckpt} yet; training it from the start")
+        done = _announce_resume(ckpt, name, args.epochs) if resume and od is not None else 0
         train_set, val_set = _split(args, group, loud=od is not None)
         if od is not None and len(val_set) == 0:
             warn(f"{name}: --val-fraction 0: no per-category threshold is fitted; predict falls back to defaults")
@@ -236,7 +241,7 @@ def _train(args: argparse.Namespace, od: OutputDir | None) -> int:
             precision=args.precision,
             cache_features=not args.no_cache,
             checkpoint=str(ckpt),
-            resume=args.resume,
+            resume=resume,
             progress=not args.quiet,
             device=args.device,
         )
@@ -246,7 +251,7 @@ def _train(args: argparse.Namespace, od: OutputDir | None) -> int:
             "categories": group,
             "epochs": args.epochs,  # the checkpoint's total, also after --resume
             "epochs_this_run": result.epochs_run,
-            "resumed_from_epoch": done if args.resume else None,
+            "resumed_from_epoch": done if resume else None,
             "final_loss": result.losses[-1] if result.losses else None,
             "seconds": result.seconds,
             "images_per_second": result.images_per_second,

@@ -353,7 +353,7 @@ class Predictor:
 def load_image(path: str | os.PathLike[str], size: int | None = None) -> np.ndarray:
     """Read an image as float32 ``(H, W, 3)`` RGB in [0, 1], resized bilinearly to ``size`` x ``size``
     (alpha composited on black, grayscale expanded), as the training data loader does."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     p = Path(path)
     if not p.is_file():
@@ -362,8 +362,8 @@ def load_image(path: str | os.PathLike[str], size: int | None = None) -> np.ndar
         with Image.open(p) as im:
             im.load()
             img = im
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{p}: cannot decode image ({err})") from None
+    except Exception as err:  # PIL also raises DecompressionBombError, MemoryError, struct.error, ... (fuzzed)
+        raise DataError(f"{p}: cannot decode image ({type(err).__name__}: {str(err)[:160]})") from None
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         a = np.asarray(img, dtype=np.float64)
         scale = (
