@@ -159,7 +159,7 @@ def _mask_png(mask: Any, size: tuple[int, int]) -> bytes:
     import numpy as np
     from PIL import Image
 
-    im = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255, mode="L")
+    im = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255)  # uint8 2-D: mode L
     if im.size != size:
         im = im.resize(size, Image.NEAREST)
     buf = io.BytesIO()
