@@ -116,6 +116,16 @@ def sgd_step_gradients(seed: int = 7) -> dict[str, torch.Tensor]:
     return {k: (before[k] - v) / cfg.lr for k, v in model.student.state_dict().items()}
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): the CI
+    box is small and shared, where two OpenMP threads can crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def toy_model() -> ToyKD:
     return ToyKD().eval()

@@ -31,13 +31,7 @@ PTQ = ["fold_batchnorm", "insert_fake_quant", ("calibrate", {"method": "percenti
 INT8_PARITY_TOL = 3e-2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: the CI box is small and shared, where two OpenMP threads can crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _images(n: int = 8, seed: int = 0) -> torch.Tensor:

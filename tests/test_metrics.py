@@ -445,19 +445,62 @@ def test_format_table_and_markdown() -> None:
     table = format_table(result, title="demo run")
     lines = table.splitlines()
     assert lines[0] == "demo run"
-    assert lines[1].split() == ["Category", "Image", "AUROC", "Pixel", "AUROC", "AUPRO", "F1-max"]
-    body = [ln for ln in lines[1:] if not set(ln) <= {"-"}]
-    assert len({len(ln) for ln in lines[1:]}) == 1  # fixed width
+    assert lines[1].split() == [
+        "Category", "Image", "AUROC", "Pixel", "AUROC", "AUPRO", "F1-max", "FR@thr", "Escape@thr", "F1@thr"
+    ]
+    table_lines = [ln for ln in lines[1:] if not ln.startswith("note: ")]
+    body = [ln for ln in table_lines if not set(ln) <= {"-"}]
+    assert len({len(ln) for ln in table_lines}) == 1  # fixed width
+    assert lines[-len(result["warnings"]):] == [f"note: {w}" for w in result["warnings"]]
     rows = {ln.split()[0]: ln.split()[1:] for ln in body[1:]}
-    assert rows["a"] == ["75.0", "100.0", "100.0", "80.0"]
-    assert rows["c"] == ["-", "-", "-", "-"]
-    assert rows["mean"] == ["87.5", "50.0", "50.0", "90.0"]
+    na3 = ["n/a"] * 3  # no thresholds given: decisions not measured
+    assert rows["a"] == ["75.0", "100.0", "100.0", "80.0", *na3]
+    assert rows["c"] == ["n/a"] * 7
+    assert rows["mean"] == ["87.5", "50.0", "50.0", "90.0", *na3]
     assert body[-1].startswith("mean")
     assert "demo" not in format_table(result)
 
     md = to_markdown(result).splitlines()
-    assert md[0] == "| Category | Image AUROC | Pixel AUROC | AUPRO | F1-max |"
-    assert md[1] == "|:---|---:|---:|---:|---:|"
-    assert md[2] == "| a | 75.0 | 100.0 | 100.0 | 80.0 |"
-    assert md[-1] == "| mean | 87.5 | 50.0 | 50.0 | 90.0 |"
+    assert md[0] == "| Category | Image AUROC | Pixel AUROC | AUPRO | F1-max | FR@thr | Escape@thr | F1@thr |"
+    assert md[1] == "|:---|---:|---:|---:|---:|---:|---:|---:|"
+    assert md[2] == "| a | 75.0 | 100.0 | 100.0 | 80.0 | n/a | n/a | n/a |"
+    assert md[-1] == "| mean | 87.5 | 50.0 | 50.0 | 90.0 | n/a | n/a | n/a |"
     assert len(md) == 2 + 3 + 1
+
+
+def test_decision_metrics_at_the_shipped_threshold() -> None:
+    categories, labels, scores, masks, maps = _report_example()
+    norm = {
+        # a: z = (s - 0.2) / 0.1 -> [-1, 4, 2, 6] for labels [0, 0, 1, 1]; threshold z > 3
+        "a": {"score_mean": 0.2, "score_std": 0.1, "image_threshold_z": 3.0},
+        # b: z = (s - 0.1) / 0.1 -> [1, 8] for labels [0, 1]; threshold z > 0.5 flags both
+        "b": {"score_mean": 0.1, "score_std": 0.1, "image_threshold_z": 0.5},
+        "c": {"score_mean": 0.0, "score_std": 1.0, "image_threshold_z": 3.0},
+    }
+    result = evaluate_predictions(categories, labels, scores, masks, maps, normalization=norm)
+    a, b, c = (result["per_category"][k] for k in "abc")
+    # a flags the good 0.6 (z 4) and the bad 0.8 (z 6), passes the bad 0.4 (z 2)
+    assert a["false_reject_rate"] == pytest.approx(0.5)
+    assert a["escape_rate"] == pytest.approx(0.5)
+    assert a["f1_at_threshold"] == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))
+    assert a["median_z_good"] == pytest.approx(1.5)
+    assert (b["false_reject_rate"], b["escape_rate"]) == (1.0, 0.0)
+    assert b["f1_at_threshold"] == pytest.approx(2 / 3)
+    assert c["false_reject_rate"] == 0.0 and math.isnan(c["escape_rate"]) and math.isnan(c["f1_at_threshold"])
+    assert result["mean"]["false_reject_rate"] == pytest.approx(0.5)
+    assert result["mean"]["escape_rate"] == pytest.approx(0.25)
+    with pytest.raises(DataError, match=r"unknown category 'c'; known: a, b"):
+        evaluate_predictions(categories, labels, scores, normalization={"a": norm["a"], "b": norm["b"]})
+
+
+def test_pixel_metrics_are_na_without_masks() -> None:
+    categories, labels, scores, masks, maps = _report_example()
+    has_mask = np.ones(8, bool)
+    has_mask[[5]] = False  # category b's only anomalous image is labelled per image
+    has_mask[[3]] = False  # one of a's two anomalous images too
+    result = evaluate_predictions(categories, labels, scores, masks, maps, has_mask=has_mask)
+    a, b = result["per_category"]["a"], result["per_category"]["b"]
+    assert math.isnan(b["pixel_auroc"]) and math.isnan(b["aupro"]) and "pixel metrics n/a" in b["warning"]
+    assert b["image_auroc"] == 1.0  # image metrics still measured
+    assert a["pixel_auroc"] == 1.0 and "1 anomalous images without masks" in a["warning"]
+    assert "n/a" in format_table(result).split("\n")[3]  # b's row

@@ -45,12 +45,7 @@ NORMALIZATION = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -131,17 +126,20 @@ def test_predictions_use_category_thresholds(predictor):
                 p.mask, (m - entry["map_mean"]) / entry["map_std"] > entry["pixel_threshold_z"]
             )
             assert p.map.shape == (SIZE, SIZE) and p.mask.dtype == bool
-    pooled = predictor.predict(x[0], category="unknown-part")[0]
+    pooled = predictor.predict(x[0], category="pooled")[0]  # only when asked for by name
     assert pooled.normalized_score == pytest.approx((raw[0] - 2.0) / 0.75)  # mean of the two categories
-    assert predictor.predict(x[0])[0].normalized_score == pytest.approx(pooled.normalized_score)
+    with pytest.raises(DataError, match=r"unknown category 'unknown-part'; known: bottle, screw"):
+        predictor.predict(x[0], category="unknown-part")
+    with pytest.raises(DataError, match=r"several categories \(bottle, screw\)"):
+        predictor.predict(x[0])
 
 
 def test_batched_equals_per_image_and_layouts_agree(predictor):
     x = _images(5, seed=1)
-    batched = predictor.predict(x)
-    single = [predictor.predict(im)[0] for im in x]
-    chw_float = predictor.predict(x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
-    listed = predictor.predict(list(x))
+    batched = predictor.predict(x, "bottle")
+    single = [predictor.predict(im, "bottle")[0] for im in x]
+    chw_float = predictor.predict(x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0, "bottle")
+    listed = predictor.predict(list(x), "bottle")
     for a, b, c, d in zip(batched, single, chw_float, listed, strict=True):
         assert a.score == pytest.approx(b.score, rel=1e-5)
         assert a.score == pytest.approx(c.score, rel=1e-5)
@@ -164,15 +162,15 @@ def test_batched_equals_per_image_and_layouts_agree(predictor):
 )
 def test_bad_input_is_a_data_error(predictor, images, message):
     with pytest.raises(DataError) as err:
-        predictor.predict(images)
+        predictor.predict(images, "bottle")
     assert message in str(err.value)
 
 
 def test_concurrent_predict_matches_serial(predictor):
     images = _images(48, seed=2)
-    serial = [predictor.predict(im)[0].score for im in images]
+    serial = [predictor.predict(im, "screw")[0].score for im in images]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        parallel = list(pool.map(lambda im: predictor.predict(im)[0].score, images))
+        parallel = list(pool.map(lambda im: predictor.predict(im, "screw")[0].score, images))
     assert parallel == serial
 
 
@@ -198,6 +196,12 @@ def test_missing_meta_is_a_checkpoint_error(artifact, tmp_path):
         (lambda m: m.update(image_size=128), "image_size"),
         (lambda m: m["files"]["model.onnx"].update(sha256="0" * 64), "sha256"),
         (lambda m: m["normalization"]["bottle"].pop("score_std"), "normalization.bottle"),
+        (lambda m: m["normalization"]["bottle"].update(score_std=0.0), "normalization.bottle.score_std"),
+        (lambda m: m["normalization"]["bottle"].update(score_std=-0.5), "normalization.bottle.score_std"),
+        (lambda m: m["normalization"]["screw"].update(map_std=0), "normalization.screw.map_std"),
+        (lambda m: m["normalization"]["screw"].update(score_mean=float("nan")), "normalization.screw.score_mean"),
+        (lambda m: m["normalization"]["screw"].update(image_threshold_z="3"), "normalization.screw.image_threshold_z"),
+        (lambda m: m["normalization"]["screw"].update(pixel_threshold_z=float("inf")), "screw.pixel_threshold_z"),
     ],
 )
 def test_edited_meta_is_a_checkpoint_error(artifact, tmp_path, edit, field):

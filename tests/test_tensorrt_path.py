@@ -25,12 +25,7 @@ PTQ = ["fold_batchnorm", "insert_fake_quant", ("calibrate", {"method": "max"})]
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -141,3 +141,46 @@ def test_short_unified_us_training_detects_synthetic_anomalies(tmp_path) -> None
         torch.set_num_threads(threads)
     assert mean["image_auroc"] >= IMAGE_AUROC_BOUND, mean
     assert mean["pixel_auroc"] >= PIXEL_AUROC_BOUND, mean
+
+
+def test_refit_statistics_restandardises_the_error_after_the_student_changed() -> None:
+    """What QAT and pruning call after retraining: the normalized error on the refit images is standard again."""
+    torch.manual_seed(0)
+    model = build_model("us", image_size=SIZE, pretrained=False, patch_sizes=[15, 23]).eval()
+    x = _images(8, 2)
+    with torch.no_grad():
+        for p in model.student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    notes = model.refit_statistics(x, batch_size=4)
+    assert notes["score_norm_before"] != notes["score_norm_after"]
+    assert not model.training
+    with torch.no_grad():
+        desc = model.teacher(x)
+        preds = model.student_features(x, desc)
+        for i, (t, s) in enumerate(zip(desc, preds, strict=True)):
+            error, _ = model._error_variance(t, s)
+            z = (error.double() - float(model.score_norm[i, 0])) / float(model.score_norm[i, 1])
+            assert abs(float(z.mean())) < 1e-3
+            assert abs(float(z.std(unbiased=False)) - 1.0) < 1e-3
+
+
+def test_qat_finetune_calls_the_models_refit_hook(toy_images) -> None:
+    """qat_finetune re-fits the model's own statistics through ``refit_statistics`` and notes it."""
+    from anomopt.graph import capture
+    from anomopt.passes import PassContext
+    from anomopt.passes.qat import QATFineTune
+    from conftest import ToyKD
+
+    calls: list[int] = []
+
+    class Refitting(ToyKD):
+        def refit_statistics(self, images, batch_size=8):
+            calls.append(len(images))
+            return {"refit_images": len(images)}
+
+    model = Refitting().eval()
+    graph = capture(model, toy_images[:1])
+    ctx = PassContext(train_images=toy_images[:8], seed=0)
+    graph = QATFineTune(epochs=1, batch_size=4).run(graph, ctx)
+    assert calls == [8]
+    assert graph.meta["last_pass_notes"]["refit"] == {"refit_images": 8}

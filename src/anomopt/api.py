@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +18,13 @@ from torch.utils.data import Dataset
 
 import anomopt.targets.lower  # noqa: F401  (registers the 'lower' pass for pipeline files)
 from anomopt.calibration_data import build_calibration_images, sample_images
-from anomopt.checkpoint import load_checkpoint
+from anomopt.checkpoint import load_checkpoint, require_thresholds
+from anomopt.data.dataset import load_validation
 from anomopt.errors import ConfigError
 from anomopt.graph import ModelGraph, capture
+from anomopt.inference import predict_dataset
 from anomopt.models import KDModel
+from anomopt.normalization import ThresholdPolicy, fit_normalization, parse_policy
 from anomopt.outputs import make_work_dir, sweep_stale_work_dirs
 from anomopt.passes import (
     AccuracyGate,
@@ -35,7 +39,9 @@ from anomopt.passes import (
     resolve_pass,
 )
 from anomopt.passes.gate import evaluate_graph
+from anomopt.runtime.predictor import OnnxRunner
 from anomopt.targets import TargetSpec, get_target
+from anomopt.targets.lower import lower_graph, precision_name
 
 HELD_IMAGES = 8
 
@@ -69,6 +75,7 @@ class OptimizedModel:
             "calibration": self.graph.meta.get("calibration"),
             "kept_fp": self.graph.meta.get("kept_fp", []),
             "artifact": self.graph.meta.get("artifact"),
+            "thresholds": self.graph.meta.get("normalization_source"),
         }
         if self.metrics_before is not None:
             out["metrics_before"] = self.metrics_before
@@ -112,6 +119,68 @@ def _as_pipeline(passes: Any, target: TargetSpec, bits: int, variant: str | None
     raise ConfigError(f"passes must be None, a .toml path, a Pipeline or a list of passes, not {passes!r}")
 
 
+def _validation_set(
+    val: Dataset | None,
+    payload: dict[str, Any],
+    data_root: str | os.PathLike[str] | None,
+    categories: list[str],
+    size: int,
+) -> tuple[Dataset | None, str]:
+    """The normal validation images to re-fit thresholds on, and how they were found."""
+    if val is not None:
+        return val, "given (val=...)"
+    record = payload.get("data_split") or {}
+    if not record.get("val_files") and data_root is None:
+        return None, "none"
+    return load_validation(record or None, size, data_root=data_root, categories=categories or None)
+
+
+def _ensure_lowered(graph: ModelGraph, spec: TargetSpec, bits: int, ctx: PassContext) -> None:
+    """Lower the graph now when the pipeline did not, so thresholds are fitted on the deployed model."""
+    record = graph.meta.get("artifact")
+    if (
+        isinstance(record, dict)
+        and record.get("target") == spec.name
+        and record.get("precision") == precision_name(bits)
+        and Path(record.get("model", "")).is_file()
+    ):
+        return
+    out = (
+        Path(ctx.workdir) / f"artifact-{spec.name}-{precision_name(bits)}"
+        if ctx.workdir
+        else make_work_dir(f"anomopt-{spec.name}-{precision_name(bits)}-")
+    )
+    record = lower_graph(graph, spec, bits, out, ctx.calib_images)
+    record["notes"]["lowered_by"] = "optimize() before re-fitting thresholds (the pipeline had no 'lower' pass)"
+    graph.meta["artifact"] = record
+    graph.runner = OnnxRunner(record["model"], description=record["runner"])
+
+
+def _policy_of(normalization: dict[str, Any]) -> str | None:
+    specs = {str(e.get("threshold_policy", "z:3")) for e in normalization.values() if isinstance(e, dict)}
+    return specs.pop() if len(specs) == 1 else None
+
+
+def refit_thresholds(
+    graph: ModelGraph,
+    val: Dataset,
+    policy: str | ThresholdPolicy | None = None,
+    progress: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per-category statistics and thresholds of what ``graph`` deploys as, on normal images ``val``;
+    returns ``(normalization, source)`` where ``source`` says which model produced the scores."""
+    pol = parse_policy(policy)
+    runner = getattr(graph, "runner", None)
+    what = getattr(runner, "description", None) or "torch graph"
+    record = graph.meta.get("artifact") or {}
+    model = f"{record.get('target', '?')} {record.get('precision', '?')} artifact: {what}" if record else what
+    preds = predict_dataset(graph.predict, val, batch_size=8, progress=progress, desc="re-fit thresholds")
+    if np.any(preds.labels != 0):
+        raise ConfigError("threshold re-fit: the validation set holds anomalous images; use normal images only")
+    norm = fit_normalization(preds.categories, preds.scores, preds.maps, policy=pol, source=model)
+    return norm, {"model": model, "threshold_policy": pol.spec, "n_val": int(len(preds.scores))}
+
+
 def optimize(
     model: KDModel | str | os.PathLike[str],
     target: str = "cpu",
@@ -132,6 +201,9 @@ def optimize(
     workdir: str | os.PathLike[str] | None = None,
     seed: int = 0,
     progress: bool = True,
+    val: Dataset | None = None,
+    data_root: str | os.PathLike[str] | None = None,
+    threshold_policy: str | ThresholdPolicy | None = None,
 ) -> OptimizedModel:
     """Optimize a trained unified KD model for ``target`` at ``bits``.
 
@@ -140,13 +212,25 @@ def optimize(
     ``tolerance`` AUROC limits, gates the result. ``passes`` replaces the shipped pipeline: a ``.toml``
     path, a :class:`Pipeline`, or a list of passes / names / ``"module:Class"`` strings / ``(name, options)``.
     ``pass_options`` overrides options of named passes in the pipeline, e.g. ``{"calibrate": {"method": "max"}}``.
+
+    Thresholds belong to the model that ships: after the pipeline, the per-category statistics and
+    thresholds are re-fitted on the lowered artifact as its runtime runs it (ONNX Runtime; for TensorRT
+    targets the QDQ ONNX as stand-in), over the held-out normal validation images training used: ``val``,
+    else the split the checkpoint records (under ``data_root`` when given), else, for checkpoints that
+    record none, the split re-derived from ``data_root``. ``threshold_policy`` (``"z:3"``, the default,
+    or ``"fpr:0.01"``...) picks the image threshold. Without any validation images the given/checkpoint
+    statistics are kept and a warning says so. A checkpoint without thresholds (unfinished training)
+    raises :class:`CheckpointError`.
     """
     spec = get_target(target)
     spec.check_bits(bits)
+    policy = parse_policy(threshold_policy) if threshold_policy is not None else None
     sweep_stale_work_dirs()  # temp folders of earlier runs that were killed
     payload: dict[str, Any] = {}
     if isinstance(model, (str, os.PathLike)):
+        ckpt_path = model
         model, payload = load_checkpoint(model)
+        require_thresholds(payload, ckpt_path)
     if not isinstance(model, KDModel):
         raise ConfigError(
             f"optimize() takes an anomopt KD model or a checkpoint path, not {type(model).__name__}"
@@ -160,6 +244,11 @@ def optimize(
 
     work = copy.deepcopy(model).eval()
     size = work.config.image_size
+    val_set, val_how = _validation_set(val, payload, data_root, categories, size)  # fail fast, before passes
+    if val_set is None and policy is not None:
+        raise ConfigError(
+            f"threshold policy {policy.spec} needs normal validation images: pass val=... or data_root=..."
+        )
     torch.manual_seed(seed)
     n_calib_pool = len(calib) if calib is not None else 0  # type: ignore[arg-type]
     reserve = HELD_IMAGES if n_calib_pool > HELD_IMAGES * 2 else 0
@@ -211,7 +300,7 @@ def optimize(
     graph.meta.update(
         {"categories": categories, "normalization": normalization, "model_config": work.config.to_dict()}
     )
-    metrics_before = evaluate_graph(graph, eval) if eval is not None else None
+    metrics_before = evaluate_graph(graph, eval, normalization=normalization or None) if eval is not None else None
     ctx.state["reference_metrics"] = metrics_before
     run_passes = list(pipeline.passes)
     wants_gate = np.isfinite(tol.max_image_auroc_drop) or np.isfinite(tol.max_pixel_auroc_drop)
@@ -223,9 +312,29 @@ def optimize(
         ctx.workdir = str(owned)
     try:
         graph, report = PassManager(run_passes).run(graph, ctx)
+        if val_set is not None:
+            _ensure_lowered(graph, spec, bits, ctx)
+            normalization, source = refit_thresholds(graph, val_set, policy, progress)
+            source["validation"] = val_how
+            graph.meta["normalization_source"] = source
+        else:
+            graph.meta["normalization_source"] = {
+                "model": "as given (not re-fitted: no validation images)",
+                "threshold_policy": _policy_of(normalization),
+            }
+            if normalization:
+                warnings.warn(
+                    "optimize(): no validation images (val=..., a checkpoint split or data_root): the thresholds "
+                    "were not re-fitted on the optimized model and may not match its scores",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        categories = list(categories) or sorted(normalization)
+        graph.meta["categories"] = categories
+        graph.meta["normalization"] = normalization
         metrics_after = graph.meta.get("metrics_after")
-        if eval is not None and metrics_after is None:
-            metrics_after = evaluate_graph(graph, eval)
+        if eval is not None and (normalization or metrics_after is None):
+            metrics_after = evaluate_graph(graph, eval, normalization=normalization or None)
     except BaseException:
         if owned is not None:
             shutil.rmtree(owned, ignore_errors=True)

@@ -1,7 +1,8 @@
 """Checkpoints that load without unpickling code (``torch.load(weights_only=True)``).
 
-Each carries the model config, categories, per-category normalization, anomopt version and the training
-state for ``--resume``. Writes are atomic.
+Each carries the model config, categories, per-category normalization, anomopt version, the training
+state for ``--resume`` and the validation split (``data_split``: data root, categories, val_fraction, seed
+and the validation files) that thresholds are re-fitted on after optimization. Writes are atomic.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ def save_checkpoint(
     categories: list[str],
     normalization: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
+    data_split: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically: a crash leaves the previous file intact."""
+    """Write a checkpoint atomically: a crash leaves the previous file intact. ``data_split`` is
+    :func:`anomopt.data.dataset.split_record`'s record of the validation split."""
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -40,6 +43,7 @@ def save_checkpoint(
         "normalization": normalization or {},
         "state_dict": model.state_dict(),
         "training": training or {},
+        "data_split": data_split or {},
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -129,3 +133,16 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: weights do not fit model {name!r}: {detail}") from None
     model.eval()
     return model, payload
+
+
+def require_thresholds(payload: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Refuse a checkpoint without per-category thresholds (an unfinished training run) with one line
+    that says how to finish it."""
+    if payload.get("normalization"):
+        return
+    state = payload.get("training") or {}
+    done = f" (stopped after epoch {state['epoch']})" if state.get("epoch") else ""
+    raise CheckpointError(
+        f"{path}: checkpoint has no per-category thresholds: its training did not finish{done}; "
+        "finish it with `anomopt train ... --resume` before optimizing or exporting"
+    )

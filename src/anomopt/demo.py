@@ -36,12 +36,15 @@ class DemoConfig:
     progress: bool = True
 
 
-def _variant_eval(graph_predict, test, desc: str, progress: bool):
+def _variant_eval(graph_predict, test, desc: str, progress: bool, normalization: dict[str, Any] | None = None):
     from anomopt.inference import predict_dataset
     from anomopt.metrics import evaluate_predictions
 
     preds = predict_dataset(graph_predict, test, batch_size=8, progress=progress, desc=desc)
-    metrics = evaluate_predictions(preds.categories, preds.labels, preds.scores, preds.masks, preds.maps)
+    metrics = evaluate_predictions(
+        preds.categories, preds.labels, preds.scores, preds.masks, preds.maps,
+        normalization=normalization, has_mask=preds.has_mask,
+    )
     return preds, metrics
 
 
@@ -133,6 +136,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         calib=train,
         categories=list(train.categories),
         normalization=norm,
+        val=val,  # thresholds re-fitted on each artifact, on the validation normals training used
         seed=cfg.seed,
         progress=cfg.progress,
     )
@@ -168,9 +172,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     say("[5/8] evaluating FP32 vs INT8 per category on the test split")
     variants: list[ReportVariant] = []
-    evals = {"FP32 (torch)": _variant_eval(torch_scorer(model), test, "fp32 torch", cfg.progress)}
+    evals = {"FP32 (torch)": _variant_eval(torch_scorer(model), test, "fp32 torch", cfg.progress, norm)}
     for name, om in runs.items():
-        evals[name] = _variant_eval(om.predict, test, name, cfg.progress)
+        evals[name] = _variant_eval(om.predict, test, name, cfg.progress, om.normalization)
 
     say(f"[6/8] benchmarking batch-1 latency ({cfg.threads} threads)")
     latency = {"FP32 (torch)": measure_torch(model, cfg.image_size, threads=cfg.threads, iters=30)}
@@ -212,7 +216,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     say("[8/8] writing the report")
     int8_preds = evals["PTQ train-calib"][0]
-    overlays = _overlays(int8_preds, norm, test)
+    overlays = _overlays(int8_preds, runs["PTQ train-calib"].normalization, test)
     report = write_report(
         out / "report" / "index.html",
         "anomopt demo: unified STFPM, CPU INT8",

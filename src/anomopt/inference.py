@@ -23,6 +23,7 @@ class Predictions:
     masks: np.ndarray  # (N, H, W) uint8
     categories: list[str]
     paths: list[str]
+    has_mask: np.ndarray | None = None  # (N,) bool: False for anomalous images labelled per image only
 
 
 def torch_scorer(model: torch.nn.Module) -> Scorer:
@@ -60,7 +61,7 @@ def predict_dataset(
 ) -> Predictions:
     """Score every item of ``dataset`` (dicts with image, mask, label, category, path)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    scores, maps, labels, masks, cats, paths = [], [], [], [], [], []
+    scores, maps, labels, masks, cats, paths, has_mask = [], [], [], [], [], [], []
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         s, m = scorer(batch["image"])
         scores.append(s)
@@ -69,6 +70,7 @@ def predict_dataset(
         masks.append((batch["mask"][:, 0].numpy() > 0.5).astype(np.uint8))
         cats.extend(batch["category"])
         paths.extend(batch["path"])
+        has_mask.append(np.asarray(batch.get("has_mask", np.ones(len(s), bool)), dtype=bool).reshape(-1))
     return Predictions(
         scores=np.concatenate(scores),
         maps=np.concatenate(maps),
@@ -76,6 +78,7 @@ def predict_dataset(
         masks=np.concatenate(masks),
         categories=list(cats),
         paths=list(paths),
+        has_mask=np.concatenate(has_mask),
     )
 
 

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from anomopt.checkpoint import read_checkpoint, save_checkpoint
-from anomopt.data.dataset import dataset_categories
+from anomopt.data.dataset import AnomalyDataset, dataset_categories, split_record
 from anomopt.errors import CheckpointError, ConfigError, DataError
 from anomopt.inference import predict_dataset, stack_images, torch_scorer
 from anomopt.models import KDModel
@@ -176,8 +176,14 @@ def train_model(
     config: TrainConfig,
     val_set: Dataset | None = None,
     categories: list[str] | None = None,
+    split: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train ``model``'s student(s) with the distillation loss; fit per-category normalization on ``val_set``."""
+    """Train ``model``'s student(s) with the distillation loss; fit per-category normalization on ``val_set``.
+
+    ``split`` (:func:`anomopt.data.dataset.split_record`) is stored in every checkpoint so optimization can
+    re-fit thresholds on the same validation images; without it an :class:`AnomalyDataset` ``val_set``'s
+    files are recorded.
+    """
     rank, world = _world()
     n = len(train_set)  # type: ignore[arg-type]
     if n == 0:
@@ -187,6 +193,8 @@ def train_model(
     dtype = resolve_precision(config.precision, config.device)
     show = config.progress and rank == 0
     categories = categories or dataset_categories(train_set) or ["default"]
+    if split is None and isinstance(val_set, AnomalyDataset):
+        split = split_record(None, categories, None, None, val_set)
 
     images = (stack_images(train_set) * 255.0).round().to(torch.uint8)  # in memory, off the critical path
     params = model.trainable_parameters()
@@ -256,6 +264,7 @@ def train_model(
                     model,
                     categories,
                     training={"epoch": epoch + 1, "optimizer": optimizer.state_dict(), "losses": result.losses},
+                    data_split=split,
                 )
     bar.close()
     model.set_epoch(config.epochs, config.epochs)
@@ -278,6 +287,7 @@ def train_model(
                 "losses": result.losses,
                 "complete": True,
             },
+            data_split=split,
         )
     return result
 

@@ -43,7 +43,10 @@ def exported(tmp_path_factory) -> tuple[Path, Path]:
     """Two processes export the same checkpoint to two folders at the same time."""
     work = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)
-    ckpt = save_checkpoint(work / "model.ckpt", build_model("stfpm", image_size=SIZE), ["bottle", "screw"])
+    norm = {c: {"score_mean": 1.0, "score_std": 0.5, "image_threshold_z": 3.0} for c in ("bottle", "screw")}
+    ckpt = save_checkpoint(
+        work / "model.ckpt", build_model("stfpm", image_size=SIZE), ["bottle", "screw"], normalization=norm
+    )
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     outs = [work / "a" / "art", work / "b" / "art"]
     procs = [
@@ -92,8 +95,8 @@ def test_two_processes_exporting_do_not_interfere(exported):
         assert {p.name for p in art.iterdir()} >= {"model.onnx", "meta.json"}
         assert not [p for p in art.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
     x = _images(6, seed=3)
-    sa = [p.score for p in Predictor(a, threads=1).predict(x)]
-    sb = [p.score for p in Predictor(b, threads=1).predict(x)]
+    sa = [p.score for p in Predictor(a, threads=1).predict(x, "bottle")]
+    sb = [p.score for p in Predictor(b, threads=1).predict(x, "bottle")]
     assert sa == sb and np.isfinite(sa).all()
 
 
@@ -157,9 +160,9 @@ def test_meta_json_not_json(artifact, tmp_path, capsys):
 def test_shared_predictor_8_threads_matches_serial(predictor):
     base = _images(5, seed=2)
     images = [base[i % len(base)] for i in range(200)]
-    serial = {i: predictor.predict(base[i])[0].score for i in range(len(base))}
+    serial = {i: predictor.predict(base[i], "screw")[0].score for i in range(len(base))}
     with ThreadPoolExecutor(max_workers=8) as pool:
-        parallel = list(pool.map(lambda im: predictor.predict(im)[0].score, images))
+        parallel = list(pool.map(lambda im: predictor.predict(im, "screw")[0].score, images))
     assert parallel == [serial[i % len(base)] for i in range(200)]
-    batched = [p.score for p in predictor.predict(base)]
+    batched = [p.score for p in predictor.predict(base, "screw")]
     np.testing.assert_allclose(batched, [serial[i] for i in range(len(base))], rtol=1e-5)

@@ -61,8 +61,6 @@ def _cli_train(root: Path, out: Path, capsys) -> tuple[int, str]:
             "1",
             "--image-size",
             str(SIZE),
-            "--val-fraction",
-            "0",  # 3 images: too few to hold out a threshold set; these tests are about the images
             "--quiet",
         ]
     )
@@ -183,10 +181,11 @@ def test_mask_of_the_wrong_size(data):
         _items(data, "test")
 
 
-def test_missing_ground_truth_folder(data):
+def test_missing_ground_truth_folder_means_image_level_labels(data):
     shutil.rmtree(data / CAT / "ground_truth")
-    with pytest.raises(DataError, match=rf"{CAT}/ground_truth: folder missing"):
-        _items(data, "test")
+    items = _items(data, "test")
+    anomalous = [it for it in items if it["label"] == 1]
+    assert anomalous and all(not it["has_mask"] and float(it["mask"].sum()) == 0 for it in anomalous)
 
 
 def test_category_without_test_images(data):
@@ -199,7 +198,9 @@ def test_category_without_test_images(data):
 
 
 @pytest.mark.parametrize("fault", ["truncated", "zero-byte"])
-def test_cli_train_bad_image_is_one_line_exit_2(data, tmp_path, capsys, fault):
+def test_cli_train_bad_image_is_one_line_exit_2(tmp_path, capsys, fault):
+    data = tmp_path / "data"  # enough normal images (12) to hold out the 5 a threshold set needs
+    generate_synthetic(data, categories=[CAT], n_train=12, n_test=2, image_size=SIZE, seed=0, progress=False)
     f = _train_png(data)
     f.write_bytes(b"" if fault == "zero-byte" else f.read_bytes()[:80])
     rc, err = _cli_train(data, tmp_path / "run", capsys)

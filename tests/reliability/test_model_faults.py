@@ -34,7 +34,8 @@ def data(tmp_path_factory) -> Path:
 def ckpt(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ck") / "model.ckpt"
-    return save_checkpoint(path, build_model("stfpm", image_size=SIZE), ["fabric"])
+    norm = {"fabric": {"score_mean": 1.0, "score_std": 0.5, "image_threshold_z": 3.0}}  # a finished run's
+    return save_checkpoint(path, build_model("stfpm", image_size=SIZE), ["fabric"], normalization=norm)
 
 
 def _one_line_error(capsys) -> str:

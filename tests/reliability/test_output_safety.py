@@ -24,7 +24,7 @@ from anomopt.errors import ConfigError, DriftError, OutputError
 from anomopt.models import build_model
 from anomopt.outputs import OWNER_FILE, prepare_output_dir, sweep_stale_work_dirs
 from anomopt.runtime import Predictor
-from reliability.helpers import SIZE, one_line_error, snapshot, unwritable_dir
+from reliability.helpers import NORMALIZATION, SIZE, one_line_error, snapshot, unwritable_dir
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 ENV = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
@@ -33,8 +33,8 @@ ENV = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ck") / "run" / "model.ckpt"
-    return save_checkpoint(path, build_model("stfpm", image_size=SIZE), ["fabric"])
+    path = tmp_path_factory.mktemp("ck") / "run" / "model.ckpt"  # a finished run's: it carries thresholds
+    return save_checkpoint(path, build_model("stfpm", image_size=SIZE), ["fabric"], normalization=NORMALIZATION)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from anomopt.cli.main import build_parser, main
 from anomopt.data import generate_synthetic
 from anomopt.errors import CheckpointError, DataError
 from anomopt.models import build_model
-from reliability.helpers import SIZE, one_line_error, snapshot
+from reliability.helpers import NORMALIZATION, SIZE, one_line_error, snapshot
 
 
 def _train_argv(data: Path, out: Path, epochs: int = 1, *extra: str) -> list[str]:
@@ -167,7 +167,7 @@ def test_constant_calibration_images_are_refused(tmp_path, capsys):
     generate_synthetic(root, categories=["fabric"], n_train=6, n_test=2, image_size=SIZE, progress=False)
     flat = sorted((root / "fabric" / "train" / "good").iterdir())[3]
     Image.new("RGB", (SIZE, SIZE), (7, 7, 7)).save(flat)
-    ck = save_checkpoint(tmp_path / "model.ckpt", model, ["fabric"])
+    ck = save_checkpoint(tmp_path / "model.ckpt", model, ["fabric"], normalization=NORMALIZATION)
     out = tmp_path / "art"
     argv = ["optimize", str(ck), "--data", str(root), "--out", str(out), "--calib-samples", "64", "--quiet"]
     assert main(argv) == 2
@@ -179,7 +179,7 @@ def test_too_few_images_to_hold_out_a_threshold_set_are_refused(tmp_path, capsys
     root = tmp_path / "data"
     generate_synthetic(root, categories=["fabric"], n_train=4, n_test=2, image_size=SIZE, progress=False)
     assert main(_train_argv(root, tmp_path / "run")) == 2
-    one_line_error(capsys, "fabric", "4 normal training image(s)", "5 are held out", "--val-fraction 0")
+    one_line_error(capsys, "fabric", "4 normal training image(s)", "5 are held out", "add normal images")
     assert not (tmp_path / "run" / "model.ckpt").exists()
 
 
@@ -190,10 +190,10 @@ def test_validation_holds_out_at_least_five_images(finished):
     assert {c: norm[c]["n_val"] for c in norm} == {"fabric": 5, "mesh": 5}
 
 
-@pytest.mark.parametrize("value", ["1.0", "-0.1"])
+@pytest.mark.parametrize("value", ["1.0", "-0.1", "0"])
 def test_val_fraction_out_of_range_is_one_line(value, data, tmp_path, capsys):
     assert main(_train_argv(data, tmp_path / "run", 1, "--val-fraction", value)) == 2
-    one_line_error(capsys, "--val-fraction must be in [0, 1)", value)
+    one_line_error(capsys, "--val-fraction must be in (0, 1)", value, "threshold")
 
 
 # ------------------------------------------------------------------ 9. folders that are not categories

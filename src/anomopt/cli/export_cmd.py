@@ -96,6 +96,13 @@ def register(subparsers: Any) -> None:
     export.add_argument(
         "--workspace-mib", type=int, default=1024, metavar="MIB", help="TensorRT workspace (default: 1024)"
     )
+    export.add_argument(
+        "--threshold-policy",
+        default=None,
+        metavar="POLICY",
+        help="image threshold from the validation normals: z:K (z-score above K; default z:3) or fpr:R "
+        "(target false-reject rate R, e.g. fpr:0.01); see docs/decisions.md",
+    )
     export.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     export.add_argument("--quiet", action="store_true", help="no progress bars")
     export.set_defaults(func=run_export)
@@ -152,9 +159,10 @@ def run_export(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace, inputs: tuple[str, ...]) -> int:
     from anomopt.api import optimize
-    from anomopt.checkpoint import load_checkpoint
+    from anomopt.checkpoint import load_checkpoint, require_thresholds
 
     model, payload = load_checkpoint(args.checkpoint)
+    require_thresholds(payload, args.checkpoint)
     calib = (
         _calibration_set(args, model.config.image_size, list(payload.get("categories") or []))
         if args.bits == 8
@@ -173,7 +181,7 @@ def _export(args: argparse.Namespace, inputs: tuple[str, ...]) -> int:
     options["lower"] = lower_opts
     with work_dir("anomopt-export-") as work:
         optimized = optimize(
-            model,
+            args.checkpoint,  # optimize() refuses one without thresholds and re-fits them on the artifact
             target=args.target,
             bits=args.bits,
             calib=calib,
@@ -182,11 +190,11 @@ def _export(args: argparse.Namespace, inputs: tuple[str, ...]) -> int:
             calib_source=args.calib_source if calib is not None else "noise",
             calib_samples=args.calib_samples,
             pass_options=options,
-            categories=list(payload.get("categories") or []),
-            normalization=dict(payload.get("normalization") or {}),
             workdir=work,
             seed=args.seed,
             progress=not args.quiet,
+            data_root=args.calib_data,
+            threshold_policy=args.threshold_policy,
         )
         out = optimized.save(args.out, overwrite=args.overwrite, inputs=inputs)
     print(optimized.passes_report.table())

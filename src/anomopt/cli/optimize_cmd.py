@@ -43,6 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--evaluate", action="store_true", help="measure AUROC before/after on the test split")
     p.add_argument("--max-image-auroc-drop", type=float, default=None, help="gate: AUROC points")
     p.add_argument("--max-pixel-auroc-drop", type=float, default=None, help="gate: AUROC points")
+    p.add_argument(
+        "--threshold-policy",
+        default=None,
+        metavar="POLICY",
+        help="image threshold from the validation normals: z:K (z-score above K; default z:3) or fpr:R "
+        "(target false-reject rate R, e.g. fpr:0.01); see docs/decisions.md",
+    )
     p.add_argument("--out", required=True, help="artifact folder to write (replaced atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out that is not an artifact")
     p.add_argument("--seed", type=int, default=0, help="random seed")
@@ -99,11 +106,13 @@ def _run(args: argparse.Namespace) -> int:
             workdir=work,
             seed=args.seed,
             progress=not args.quiet,
+            data_root=args.data,
+            threshold_policy=args.threshold_policy,
         )
         print(om.passes_report.table())
         if om.metrics_before is not None and om.metrics_after is not None:
-            print(format_table(om.metrics_before, title="before"))
-            print(format_table(om.metrics_after, title="after"))
+            print(format_table(om.metrics_before, title="before (FP32 checkpoint, its own thresholds)"))
+            print(format_table(om.metrics_after, title="after (the artifact, at the thresholds it ships)"))
         folder = om.save(args.out, overwrite=args.overwrite, inputs=_inputs(args))
     write_json_atomic(folder / "optimize.json", {"command": "optimize", "checkpoint": str(args.checkpoint)})
     print(f"artifact: {folder}")

@@ -59,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--category",
         default=None,
-        help="product category whose statistics and thresholds decide (default: pooled over the artifact's)",
+        help="the artifact's category whose statistics and thresholds decide (may be left out for a "
+        "one-category artifact; 'pooled' for the mean of all)",
     )
     p.add_argument("--out", default="predictions", help="output folder: new, empty or an earlier predict output")
     p.add_argument(
@@ -189,16 +190,15 @@ def _predict(args: argparse.Namespace, paths: list[Path], broken: list[tuple[Pat
     from anomopt import __version__
     from anomopt.cli.overlay import OverlayInfo, render_overlay
     from anomopt.io import atomic_dir
+    from anomopt.normalization import resolve_category
     from anomopt.runtime import Predictor
 
     predictor = Predictor(args.artifact)
-    if args.category is not None and predictor.categories and args.category not in predictor.categories:
-        raise ConfigError(
-            f"--category {args.category!r} is not in the artifact {args.artifact} (it knows "
-            f"{', '.join(predictor.categories)}); pass one of them, or leave --category out for pooled statistics"
-        )
-    category = args.category or "(pooled)"
-    th = _thresholds(predictor, args.category)
+    try:  # before any image is read: an unknown or missing --category is one line listing the known ones
+        category = resolve_category(predictor.normalization, args.category)
+    except AnomoptError as err:
+        raise ConfigError(f"--category: {err}") from None
+    th = _thresholds(predictor, category)
     size = predictor.image_size
     rows: dict[Path, dict[str, Any]] = {p: _row(p, category, decision="skipped", reason=r) for p, r in broken}
     index_of = {p: i for i, p in enumerate(paths)}
@@ -217,7 +217,7 @@ def _predict(args: argparse.Namespace, paths: list[Path], broken: list[tuple[Pat
                     chunk.append((path, image, original))
             if not chunk:
                 continue
-            preds = predictor.predict(np.stack([c[1] for c in chunk]), category=args.category)
+            preds = predictor.predict(np.stack([c[1] for c in chunk]), category=category)
             for (path, image, original), pred in zip(chunk, preds):
                 name = f"{index_of[path]:05d}_{path.stem}.png"
                 (stage / "masks" / name).write_bytes(_mask_png(pred.mask, original))
@@ -250,7 +250,7 @@ def _predict(args: argparse.Namespace, paths: list[Path], broken: list[tuple[Pat
                 )
                 n_done += 1
         ordered = [rows[p] for p in sorted(rows, key=lambda p: (index_of.get(p, len(paths)), str(p)))]
-        _write_tables(stage, ordered, args, predictor, th, __version__)
+        _write_tables(stage, ordered, args, predictor, th, __version__, category)
     n_bad = sum(r["decision"] == "anomalous" for r in ordered)
     skipped = [r for r in ordered if r["decision"] == "skipped"]
     print(
@@ -274,7 +274,13 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def _write_tables(
-    stage: Path, rows: list[dict[str, Any]], args: argparse.Namespace, predictor: Any, th: dict, version: str
+    stage: Path,
+    rows: list[dict[str, Any]],
+    args: argparse.Namespace,
+    predictor: Any,
+    th: dict,
+    version: str,
+    category: str,
 ) -> None:
     with open(stage / "predictions.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
@@ -298,7 +304,7 @@ def _write_tables(
         "model": predictor.meta.get("model"),
         "precision": predictor.precision,
         "image_size": predictor.image_size,
-        "category": args.category,
+        "category": category,
         "thresholds": th,
         "counts": {
             "files": len(rows),

@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=0.1,
         help=f"share of each category's normal images held out to fit its threshold (at least "
-        f"{MIN_VAL_IMAGES} images; 0: no threshold)",
+        f"{MIN_VAL_IMAGES} images)",
     )
     p.add_argument("--out", required=True, help="output folder for checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in --out")
@@ -73,13 +73,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser(
         "evaluate",
-        help="evaluate a checkpoint: per-category image/pixel AUROC, AUPRO, F1-max",
-        description="Evaluate a trained checkpoint on the test split; prints a table and writes JSON.",
+        help="evaluate a checkpoint or an artifact folder: AUROC, AUPRO, F1-max and decisions at the threshold",
+        description="Evaluate a trained checkpoint (torch, its own thresholds) or a deployable artifact folder "
+        "(through the torch-free runtime, at the thresholds in its meta.json) on the test split: per category "
+        "image/pixel AUROC, AUPRO, F1-max, and the false-reject rate (good images flagged), escape rate "
+        "(anomalous images passed) and F1 at the shipped threshold. Pixel metrics are n/a where masks are "
+        "missing. Prints a table and writes JSON.",
         formatter_class=DefaultsHelpFormatter,
     )
-    e.add_argument("checkpoint", help="a checkpoint written by `anomopt train`")
+    e.add_argument(
+        "checkpoint", metavar="CHECKPOINT_OR_ARTIFACT", help="a checkpoint of `anomopt train` or an artifact folder"
+    )
     e.add_argument("--data", required=True, help="data set root in MVTec AD layout (its test split is scored)")
     e.add_argument("--categories", default="all", help="'all' or a comma-separated list")
+    e.add_argument("--threads", type=int, default=None, help="artifact: ONNX Runtime threads")
     e.add_argument("--json", default=None, help="write the metrics to this JSON file")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=run_evaluate)
@@ -116,8 +123,11 @@ def _check_options(args: argparse.Namespace) -> None:
     require_positive(args.batch_size, "--batch-size")
     require_positive(args.nproc, "--nproc")
     require_positive(args.image_size, "--image-size", 64)
-    if not 0.0 <= args.val_fraction < 1.0:
-        raise ConfigError(f"--val-fraction must be in [0, 1), not {args.val_fraction}")
+    if not 0.0 < args.val_fraction < 1.0:
+        raise ConfigError(
+            f"--val-fraction must be in (0, 1), not {args.val_fraction}: every category holds out normal images "
+            "to fit its threshold"
+        )
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues the run in --out and --overwrite replaces it: pass only one")
 
@@ -154,8 +164,7 @@ def _split(args: argparse.Namespace, group: list[str], loud: bool):
                 raise DataError(
                     f"{Path(args.data) / name / 'train' / 'good'}: category '{name}' has {n} normal training "
                     f"image(s); {MIN_VAL_IMAGES} are held out to fit its threshold and more are needed to train: "
-                    f"add normal images (at least {2 * MIN_VAL_IMAGES}), or pass --val-fraction 0 to train "
-                    "without a threshold"
+                    f"add normal images (at least {2 * MIN_VAL_IMAGES} are advised)"
                 )
             if n < 2 * MIN_VAL_IMAGES and loud:
                 warn(
@@ -201,6 +210,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, od: OutputDir | None) -> int:
+    from anomopt.data.dataset import split_record
     from anomopt.data.layout import list_categories, parse_categories
     from anomopt.models import build_model
     from anomopt.train import TrainConfig, init_distributed_from_env, seed_everything, train_model
@@ -224,8 +234,6 @@ def _train(args: argparse.Namespace, od: OutputDir | None) -> int:
                 print(f"{name}: no checkpoint at {ckpt} yet; training it from the start")
         done = _announce_resume(ckpt, name, args.epochs) if resume and od is not None else 0
         train_set, val_set = _split(args, group, loud=od is not None)
-        if od is not None and len(val_set) == 0:
-            warn(f"{name}: --val-fraction 0: no per-category threshold is fitted; predict falls back to defaults")
         seed_everything(args.seed)
         model = build_model(
             args.model, backbone=args.backbone, image_size=args.image_size, weights=args.weights
@@ -245,7 +253,8 @@ def _train(args: argparse.Namespace, od: OutputDir | None) -> int:
             progress=not args.quiet,
             device=args.device,
         )
-        result = train_model(model, train_set, cfg, val_set=val_set if len(val_set) else None, categories=group)
+        split = split_record(args.data, group, args.val_fraction, args.seed, val_set)
+        result = train_model(model, train_set, cfg, val_set=val_set, categories=group, split=split)
         summary[name] = {
             "checkpoint": str(ckpt),
             "categories": group,
@@ -273,10 +282,20 @@ def _train(args: argparse.Namespace, od: OutputDir | None) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         check_output_file(args.json, "--json")  # before the long work, not after it
-    from anomopt.evaluate import evaluate_checkpoint
+    from anomopt.evaluate import is_artifact
+
+    if is_artifact(args.checkpoint):
+        from anomopt.evaluate import evaluate_artifact
+
+        result = evaluate_artifact(
+            args.checkpoint, args.data, args.categories, threads=args.threads, progress=not args.quiet
+        )
+    else:
+        from anomopt.evaluate import evaluate_checkpoint
+
+        result = evaluate_checkpoint(args.checkpoint, args.data, args.categories, progress=not args.quiet)
     from anomopt.metrics import format_table
 
-    result = evaluate_checkpoint(args.checkpoint, args.data, args.categories, progress=not args.quiet)
     print(format_table(result, title=f"{args.checkpoint}"))
     if args.json:
         write_json_atomic(args.json, result)

@@ -4,6 +4,7 @@ Items are dicts that batch with torch's default collate::
 
     image:    FloatTensor [3, H, W] in [0, 1]  (not ImageNet-normalized: models normalize inside)
     mask:     FloatTensor [1, H, W] in {0, 1}  (zeros for good images and images without a mask)
+    has_mask: bool (False for an anomalous image whose defect type has no mask: image-level label only)
     label:    int (0 good, 1 anomalous)
     category: str
     path:     str
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +32,16 @@ from anomopt.data.images import (
 from anomopt.data.layout import CategorySplit, Sample, scan_folder, scan_mvtec, split_validation
 from anomopt.errors import ConfigError, DataError
 
-__all__ = ["SPLITS", "AnomalyDataset", "collate", "dataset_categories", "load_folder", "load_mvtec"]
+__all__ = [
+    "SPLITS",
+    "AnomalyDataset",
+    "collate",
+    "dataset_categories",
+    "load_folder",
+    "load_mvtec",
+    "load_validation",
+    "split_record",
+]
 
 #: Split names accepted by :func:`load_mvtec` and :func:`load_folder`.
 SPLITS = ("train", "val", "test")
@@ -105,6 +116,7 @@ class AnomalyDataset(Dataset):
         return {
             "image": img_t,
             "mask": mask_t,
+            "has_mask": bool(s.label == 0 or s.mask_path is not None),
             "label": int(s.label),
             "category": s.category,
             "path": str(s.path),
@@ -208,3 +220,85 @@ def load_folder(
     if split == "test" and not cs.test:
         raise DataError(f"{normal_dir}: no test images; pass anomalous_dir (and optionally good_test_dir)")
     return AnomalyDataset(_select([cs], split, val_fraction, seed, where), image_size, cache)
+
+
+def split_record(
+    root: str | os.PathLike[str] | None,
+    categories: Sequence[str],
+    val_fraction: float | None,
+    seed: int | None,
+    val_set: AnomalyDataset,
+) -> dict[str, Any]:
+    """What a checkpoint records of its validation split, so thresholds can be re-fitted on exactly the
+    same normal images later: the data root, categories, ``val_fraction``, ``seed`` and the validation
+    files per category (relative to ``root`` where they lie inside it)."""
+    base = Path(root).resolve() if root is not None else None
+    files: dict[str, list[str]] = {}
+    for s in val_set.samples:
+        p = Path(s.path).resolve()
+        rel = str(p.relative_to(base)) if base is not None and p.is_relative_to(base) else str(p)
+        files.setdefault(s.category, []).append(rel)
+    return {
+        "data_root": str(base) if base is not None else None,
+        "categories": sorted(categories),
+        "val_fraction": None if val_fraction is None else float(val_fraction),
+        "seed": None if seed is None else int(seed),
+        "val_files": files,
+    }
+
+
+def load_validation(
+    record: dict[str, Any] | None,
+    image_size: Size,
+    data_root: str | os.PathLike[str] | None = None,
+    categories: Sequence[str] | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> tuple[AnomalyDataset, str]:
+    """The held-out normal validation images a checkpoint was thresholded on; returns ``(dataset, how)``.
+
+    With a ``record`` (:func:`split_record`, stored by ``anomopt train``) the recorded files are loaded,
+    under ``data_root`` when given (the data set moved) or else the recorded root. Without one (checkpoints
+    written before anomopt recorded splits) the split is re-derived from ``data_root`` with the seeded
+    :func:`anomopt.data.layout.split_validation` rule, ``val_fraction`` and ``seed`` (``anomopt train``'s
+    defaults are 0.1 and 0). Never test images.
+    """
+    if record and record.get("val_files"):
+        root = Path(data_root) if data_root is not None else (
+            Path(record["data_root"]) if record.get("data_root") else None
+        )
+        cats = sorted(categories) if categories else sorted(record["val_files"])
+        missing_cats = [c for c in cats if c not in record["val_files"]]
+        if missing_cats:
+            raise DataError(
+                f"the checkpoint's validation split has no category {', '.join(missing_cats)}; "
+                f"recorded: {', '.join(sorted(record['val_files']))}"
+            )
+        samples = []
+        for cat in cats:
+            for rel in record["val_files"][cat]:
+                p = Path(rel)
+                if not p.is_absolute():
+                    if root is None:
+                        raise DataError(f"{rel}: validation file recorded relative to an unknown root; pass --data")
+                    p = root / p
+                if not p.is_file():
+                    raise DataError(
+                        f"{p}: validation image recorded in the checkpoint is missing; pass --data with the "
+                        "data set the model was trained on"
+                    )
+                samples.append(Sample(p, cat, 0, "good", None))
+        how = (
+            f"recorded split ({len(samples)} images, val_fraction {record.get('val_fraction')}, "
+            f"seed {record.get('seed')})"
+        )
+        return AnomalyDataset(samples, image_size), how
+    if data_root is None:
+        raise DataError(
+            "no validation split: the checkpoint records none (trained before anomopt recorded splits); "
+            "pass the training data root (--data) to re-derive it"
+        )
+    cats = list(categories) if categories else "all"
+    val = load_mvtec(data_root, cats, split="val", image_size=image_size, val_fraction=val_fraction, seed=seed)
+    how = f"re-derived split of {data_root} ({len(val)} images, val_fraction {val_fraction}, seed {seed})"
+    return val, how

@@ -15,7 +15,14 @@ from PIL import Image, UnidentifiedImageError
 
 from anomopt.errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "check_mask_matches_image", "read_image", "read_mask", "image_size_of"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "check_mask_matches_image",
+    "image_size_of",
+    "read_image",
+    "read_mask",
+    "read_model_input",
+]
 
 #: File extensions (lower case, with dot) treated as images when scanning folders.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -146,13 +153,26 @@ def read_image_uint8(path: str | os.PathLike[str], size: Size = None) -> tuple[n
 def read_image(path: str | os.PathLike[str], size: Size = None) -> np.ndarray:
     """Read an image as float32 ``H x W x 3`` RGB in ``[0, 1]``, resized bilinearly to ``size``.
 
-    ``size`` is an int (square), a ``(height, width)`` pair, or ``None`` (keep). Raises
-    :class:`DataError` naming ``path`` if the file is missing, empty, truncated or not decodable.
+    ``size`` is an int (square), a ``(height, width)`` pair, or ``None`` (keep). High-bit images keep
+    their full precision here; models see :func:`read_model_input` instead. Raises :class:`DataError`
+    naming ``path`` if the file is missing, empty, truncated or not decodable.
     """
     arr, _ = _decode_rgb(path, size)
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / np.float32(255.0)
     return np.clip(arr, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def read_model_input(path: str | os.PathLike[str], size: Size = None) -> np.ndarray:
+    """The pixels a model sees: float32 ``H x W x 3`` RGB in ``[0, 1]`` on the 8-bit grid.
+
+    The one reader of model inputs: training data sets (their uint8 cache), ``anomopt predict``,
+    ``anomopt evaluate`` and :func:`anomopt.runtime.load_image` all decode through
+    :func:`read_image_uint8`, so a deployed model sees exactly the pixels it was trained and
+    thresholded on. 16-bit files are scaled by their bit depth (``/65535``) whatever their values.
+    """
+    arr, _ = read_image_uint8(path, size)
+    return arr.astype(np.float32) / np.float32(255.0)
 
 
 def _mask_values(path: Path, im: Image.Image) -> np.ndarray:

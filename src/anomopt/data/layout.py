@@ -5,7 +5,7 @@ MVTec AD layout::
     <root>/<category>/train/good/*.png
     <root>/<category>/test/good/*.png              (normal test images)
     <root>/<category>/test/<defect>/*.png          (anomalous test images)
-    <root>/<category>/ground_truth/<defect>/<stem>_mask.png
+    <root>/<category>/ground_truth/<defect>/<stem>_mask.png   (optional: without it, image-level labels)
 
 Every listing is sorted, so the same folder always gives the same samples in the same order.
 """
@@ -146,19 +146,17 @@ def _scan_category(r: Path, cat: str, require_test: bool) -> CategorySplit:
                 continue
             if not images:
                 continue
-            if not gt_root.is_dir():
-                what = "is not a folder" if gt_root.exists() else "folder missing"
-                raise DataError(
-                    f"{gt_root}: {what}; category '{cat}' has {len(images)} anomalous test images in {tdir} "
-                    f"that need masks at ground_truth/{defect}/<stem>_mask.png"
-                )
+            if gt_root.exists() and not gt_root.is_dir():
+                raise DataError(f"{gt_root}: is not a folder; masks go in ground_truth/<defect>/<stem>_mask.png")
             gt_dir = gt_root / defect
+            has_masks = gt_dir.is_dir()  # masks are optional per defect type: none = image-level labels
             for p in images:
-                mask = _find_mask(gt_dir, p.stem) if gt_dir.is_dir() else None
-                if mask is None:
+                mask = _find_mask(gt_dir, p.stem) if has_masks else None
+                if has_masks and mask is None:
                     raise DataError(
-                        f"{p}: anomalous test image has no mask; expected {gt_dir / (p.stem + '_mask.png')} "
-                        "(add the mask or move the image out of test/)"
+                        f"{p}: anomalous test image has no mask while {gt_dir} holds masks for its defect type; "
+                        f"expected {gt_dir / (p.stem + '_mask.png')} (add it, or remove {gt_dir} to label "
+                        "this defect type per image only)"
                     )
                 test.append(Sample(p, cat, 1, defect, mask))
     if require_test and not test:
@@ -178,7 +176,9 @@ def scan_mvtec(
 
     ``categories`` is ``"all"``, a comma-separated string, or a list of names. Raises :class:`DataError`
     (naming the path and the fix) for a missing root or category, an empty ``train/good``, no test images
-    (when ``require_test``), a missing ``ground_truth`` folder, or an anomalous test image without mask.
+    (when ``require_test``), or an anomalous test image without mask when its defect type has a
+    ``ground_truth/<defect>`` folder. Masks are optional per category and per defect type: a defect type
+    without ``ground_truth/<defect>`` has image-level labels only (pixel metrics are then n/a).
     """
     r = _check_root(root)
     available = list_categories(r)

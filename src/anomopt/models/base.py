@@ -174,6 +174,12 @@ class KDModel(nn.Module):
     def set_epoch(self, epoch: int, total: int) -> None:
         """Called by the trainer before each epoch (models with training phases override it)."""
 
+    def refit_statistics(self, images: torch.Tensor, batch_size: int = 8) -> dict[str, Any]:
+        """Re-fit what training fitted at its end from normal ``images`` (after QAT or pruning changed the
+        student). The passes that retrain a model call this one hook; the default model has nothing to
+        re-fit and returns ``{}``. Returns a short summary of what changed, for the pass notes."""
+        return {}
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the distillation loss trains."""
         return [p for p in self.student.parameters() if p.requires_grad]

@@ -31,6 +31,7 @@ of the final teacher and students are exact averages over their last epoch (``pr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -310,6 +311,33 @@ class UninformedStudents(KDModel):
                 self.score_norm[i] = torch.stack([mean[0], var[0].sqrt(), mean[1], var[1].sqrt()]).float()
                 self.score_norm[i, 1::2].clamp_(min=1e-8)
         self._collect_descriptors = self._collect_scores = False
+
+    @torch.no_grad()
+    def refit_statistics(self, images: torch.Tensor, batch_size: int = 8) -> dict[str, Any]:
+        """Re-measure ``score_norm`` (mean and std of the regression error and predictive variance per
+        patch size) on normal ``images`` with the model as it now is (e.g. with fake quantizers after QAT,
+        or a pruned student): the statistics the last training epoch measured no longer fit it."""
+        was_training = self.training
+        self.eval()
+        moments = [_Moments() for _ in self.patches]
+        try:
+            for start in range(0, len(images), batch_size):
+                x = images[start : start + batch_size]
+                desc = self.teacher(x)
+                preds = self.student_features(x, desc)
+                for m, ti, si in zip(moments, desc, preds, strict=True):
+                    error, variance = self._error_variance(ti.float(), si.float())
+                    m.add(torch.cat([error, variance], 1))
+        finally:
+            self.train(was_training)
+        if not all(m.n > 0 for m in moments):
+            return {}
+        before = self.score_norm.clone()
+        for i, m in enumerate(moments):
+            mean, var = m.mean_var()
+            self.score_norm[i] = torch.stack([mean[0], var[0].sqrt(), mean[1], var[1].sqrt()]).float()
+            self.score_norm[i, 1::2].clamp_(min=1e-8)
+        return {"score_norm_before": before.tolist(), "score_norm_after": self.score_norm.tolist()}
 
     def _store_descriptor_stats(self) -> None:
         """Whitening (ZCA) with the training descriptors' mean and covariance, slightly shrunk."""

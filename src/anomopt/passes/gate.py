@@ -11,8 +11,11 @@ from anomopt.metrics import evaluate_predictions
 from anomopt.passes.base import Pass, PassContext
 
 
-def evaluate_graph(graph: ModelGraph, dataset, pixel: bool = True, batch_size: int = 8) -> dict[str, Any]:
-    """Per-category and mean metrics of what the graph deploys as, on a labelled data set."""
+def evaluate_graph(
+    graph: ModelGraph, dataset, pixel: bool = True, batch_size: int = 8, normalization: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Per-category and mean metrics of what the graph deploys as, on a labelled data set (with the
+    decision metrics at ``normalization``'s thresholds when given)."""
     preds = predict_dataset(graph.predict, dataset, batch_size=batch_size)
     return evaluate_predictions(
         preds.categories,
@@ -21,6 +24,8 @@ def evaluate_graph(graph: ModelGraph, dataset, pixel: bool = True, batch_size: i
         preds.masks if pixel else None,
         preds.maps if pixel else None,
         pixel_metrics=pixel,
+        normalization=normalization,
+        has_mask=preds.has_mask,
     )
 
 

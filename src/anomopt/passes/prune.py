@@ -651,6 +651,9 @@ class Prune(Pass):
             losses = finetune(model, images, opts["roles"], opts["epochs"], opts["lr"], opts["batch_size"],
                               ctx.seed, ctx.progress)
             notes["loss_after_finetune"] = _mean_loss(model, images, opts["batch_size"], n_imp)
+            refit = model.refit_statistics(images, opts["batch_size"]) if hasattr(model, "refit_statistics") else {}
+            if refit:
+                notes["refit"] = refit
         model.eval()
 
         if opts["drop_training_only"]:

@@ -53,6 +53,7 @@ class QATFineTune(Pass):
             recalibrate_weights(graph)
         bar.close()
         model.eval()
+        refit = model.refit_statistics(images, batch)
         graph.meta["qat"] = {"epochs": epochs, "lr": lr, "losses": losses}
-        graph.meta["last_pass_notes"] = {"losses": losses}
+        graph.meta["last_pass_notes"] = {"losses": losses, **({"refit": refit} if refit else {})}
         return graph

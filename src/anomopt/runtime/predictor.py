@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from anomopt.errors import CheckpointError, DataError
-from anomopt.normalization import DEFAULT_IMAGE_Z, DEFAULT_PIXEL_Z, category_entry
+from anomopt.normalization import DEFAULT_IMAGE_Z, DEFAULT_PIXEL_Z, category_entry, validate_normalization
 
 ARTIFACT_FORMAT = "anomopt-artifact"
 ARTIFACT_FORMAT_VERSION = 1
@@ -29,8 +28,6 @@ MODEL_FILE = "model.onnx"
 META_FILE = "meta.json"
 PRECISIONS = ("int8", "fp16", "fp32")
 MAX_IMAGE_SIZE = 8192
-# Statistics of a normalization entry that must be finite numbers when present.
-_NORM_NUMBERS = ("score_mean", "score_std", "map_mean", "map_std", "image_threshold_z", "pixel_threshold_z")
 _REQUIRED = (
     "format",
     "format_version",
@@ -192,12 +189,6 @@ def read_meta(artifact_dir: str | os.PathLike[str], verify: bool = True) -> dict
     for cat, entry in meta["normalization"].items():
         if not isinstance(entry, dict) or not {"score_mean", "score_std"} <= set(entry):
             raise CheckpointError(f"{meta_path}: field 'normalization.{cat}' needs score_mean and score_std")
-        for key in _NORM_NUMBERS:  # types only: the statistics' meaning is checked where they are fitted
-            value = entry.get(key, 0.0)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise CheckpointError(
-                    f"{meta_path}: field 'normalization.{cat}.{key}' must be a finite number, not {value!r}"
-                )
     cats = meta["categories"]
     if not isinstance(cats, list) or not all(isinstance(c, str) for c in cats):
         raise CheckpointError(f"{meta_path}: field 'categories' must be a list of names")
@@ -266,6 +257,7 @@ class Predictor:
         self.image_size = int(self.meta["image_size"])
         self.categories: list[str] = list(self.meta["categories"])
         self.normalization: dict[str, Any] = dict(self.meta["normalization"])
+        validate_normalization(self.normalization, str(self.root / META_FILE))
         model_path = self.root / MODEL_FILE
         try:
             self._runner = OnnxRunner(model_path, providers=providers, threads=threads)
@@ -318,11 +310,13 @@ class Predictor:
         return self._runner.run(arr)
 
     def predict(self, images: Any, category: str | None = None) -> list[Prediction]:
-        """One :class:`Prediction` per image, normalized with ``category``'s statistics and thresholds
-        (pooled over the known categories when ``category`` is None or unknown)."""
+        """One :class:`Prediction` per image, normalized with ``category``'s statistics and thresholds.
+
+        ``category`` may be None only for a one-category artifact; ``"pooled"`` asks for the mean of the
+        known categories' statistics; an unknown name raises :class:`DataError` listing the known ones."""
+        entry = category_entry(self.normalization, category)
         arr, _ = self._prepare(images)
         scores, maps = self._runner.run(arr)
-        entry = category_entry(self.normalization, category)
         mean = float(entry.get("score_mean", 0.0))
         std = float(entry.get("score_std", 1.0)) or 1.0
         image_z = float(entry.get("image_threshold_z", DEFAULT_IMAGE_Z))
@@ -351,38 +345,8 @@ class Predictor:
 
 
 def load_image(path: str | os.PathLike[str], size: int | None = None) -> np.ndarray:
-    """Read an image as float32 ``(H, W, 3)`` RGB in [0, 1], resized bilinearly to ``size`` x ``size``
-    (alpha composited on black, grayscale expanded), as the training data loader does."""
-    from PIL import Image
+    """Read an image as float32 ``(H, W, 3)`` RGB in [0, 1], resized bilinearly to ``size`` x ``size``,
+    with the reader training uses (:func:`anomopt.data.images.read_model_input`, numpy + Pillow only)."""
+    from anomopt.data.images import read_model_input
 
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: image file not found")
-    try:
-        with Image.open(p) as im:
-            im.load()
-            img = im
-    except Exception as err:  # PIL also raises DecompressionBombError, MemoryError, struct.error, ... (fuzzed)
-        raise DataError(f"{p}: cannot decode image ({type(err).__name__}: {str(err)[:160]})") from None
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        a = np.asarray(img, dtype=np.float64)
-        scale = (
-            65535.0
-            if img.mode.startswith("I") and a.max(initial=0) > 255
-            else (1.0 if a.max(initial=0) <= 1.0 else 255.0)
-        )
-        gray = Image.fromarray(np.clip(a / scale, 0, 1).astype(np.float32), mode="F")
-        if size is not None:
-            gray = gray.resize((size, size), Image.BILINEAR)
-        g = np.asarray(gray, dtype=np.float32)
-        return np.repeat(g[:, :, None], 3, axis=2)
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA"):
-        rgba = img.convert("RGBA")
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
-    elif img.mode != "RGB":
-        img = img.convert("RGB")
-    if size is not None and img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR)
-    return np.asarray(img, dtype=np.float32) / np.float32(255.0)
+    return read_model_input(path, size)

@@ -141,6 +141,8 @@ def _save(optimized_model: Any, out_dir: Path) -> Path:
                 },
                 "categories": list(optimized_model.categories),
                 "normalization": _jsonable(optimized_model.normalization),
+                # which model the statistics and thresholds were fitted on, on which images, by which policy
+                "normalization_source": _jsonable(graph.meta.get("normalization_source")),
                 "calibration": _jsonable(graph.meta.get("calibration")),
                 "quant": _jsonable(graph.meta.get("quant")) if bits == 8 else None,
                 "kept_fp": list(graph.meta.get("kept_fp", []) or []),
