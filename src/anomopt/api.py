@@ -25,7 +25,7 @@ from anomopt.graph import ModelGraph, capture
 from anomopt.inference import predict_dataset
 from anomopt.models import KDModel
 from anomopt.normalization import ThresholdPolicy, fit_normalization, parse_policy
-from anomopt.outputs import make_work_dir, sweep_stale_work_dirs
+from anomopt.outputs import make_work_dir, signals_deferred, sweep_stale_work_dirs
 from anomopt.passes import (
     AccuracyGate,
     Pass,
@@ -307,10 +307,11 @@ def optimize(
     if eval is not None and wants_gate and not any(isinstance(p, AccuracyGate) for p in run_passes):
         run_passes.append(AccuracyGate())
     owned = None
-    if ctx.workdir is None:  # lowering's files go to a marked temp folder that this call owns
-        owned = make_work_dir(f"anomopt-{spec.name}-{bits}bit-")
-        ctx.workdir = str(owned)
     try:
+        with signals_deferred():  # a signal cannot land between creating the folder and recording it
+            if ctx.workdir is None:  # lowering's files go to a marked temp folder that this call owns
+                owned = make_work_dir(f"anomopt-{spec.name}-{bits}bit-")
+                ctx.workdir = str(owned)
         graph, report = PassManager(run_passes).run(graph, ctx)
         if val_set is not None:
             _ensure_lowered(graph, spec, bits, ctx)

@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
@@ -50,6 +51,7 @@ __all__ = [
     "folder_kind",
     "lock_folder",
     "prepare_output_dir",
+    "signals_deferred",
     "sweep_stale_work_dirs",
     "work_dir",
 ]
@@ -422,13 +424,35 @@ def make_work_dir(prefix: str) -> Path:
 
 
 @contextlib.contextmanager
-def work_dir(prefix: str) -> Iterator[Path]:
-    """A temporary work folder in the system temp folder, removed on success and on failure."""
-    d = make_work_dir(prefix)
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT / SIGTERM back inside the block; a signal that came meanwhile is delivered at its end.
+
+    Wrap the creation of something that must be cleaned up together with recording it, inside the ``try``
+    whose ``finally`` cleans it: then no signal can land between the two.
+    """
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None:  # pragma: no cover - Windows
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = mask(signal.SIG_BLOCK, held)
     try:
+        yield
+    finally:
+        mask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def work_dir(prefix: str) -> Iterator[Path]:
+    """A temporary work folder in the system temp folder, removed on success, on failure and on a signal."""
+    d = None
+    try:
+        with signals_deferred():
+            d = make_work_dir(prefix)
         yield d
     finally:
-        shutil.rmtree(d, ignore_errors=True)
+        if d is not None:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def sweep_stale_work_dirs(root: str | os.PathLike[str] | None = None) -> list[Path]:

@@ -354,4 +354,5 @@ def test_sigterm_cleans_up_and_exits_143(ckpt, data, tmp_path):
         assert proc.returncode == 143 and "anomopt: terminated" in err, err[-1000:]
         assert not out.exists()
     assert _anomopt_temp(sys_tmp) == []
-    assert not [p for p in out.parent.iterdir() if p.name != "art"]
+    if out.parent.exists():  # a terminated run removes the parent folder it created, if still empty
+        assert not [p for p in out.parent.iterdir() if p.name != "art"]

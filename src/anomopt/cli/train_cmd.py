@@ -173,7 +173,10 @@ def _split(args: argparse.Namespace, group: list[str], loud: bool):
                 )
     samples = [s for cs in splits.values() for s in cs.train]
     train, val = split_validation(samples, args.val_fraction, args.seed, min_val=MIN_VAL_IMAGES)
-    return AnomalyDataset(train, args.image_size), AnomalyDataset(val, args.image_size)
+    val_set = AnomalyDataset(val, args.image_size)
+    for i in range(len(val_set)):  # decoded (and cached) now: a bad file fails before training, not after
+        val_set[i]
+    return AnomalyDataset(train, args.image_size), val_set
 
 
 def _announce_resume(ckpt: Path, name: str, epochs: int) -> int:

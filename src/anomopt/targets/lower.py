@@ -25,7 +25,7 @@ import torch
 
 from anomopt.errors import PipelineError, TargetError
 from anomopt.graph import ModelGraph
-from anomopt.outputs import make_work_dir
+from anomopt.outputs import make_work_dir, signals_deferred
 from anomopt.passes.base import Pass, PassContext
 from anomopt.passes.fake_quant import SCOPES
 from anomopt.runtime.predictor import OnnxRunner
@@ -178,11 +178,12 @@ class Lower(Pass):
         if ctx.target is None:
             raise TargetError("pass 'lower' needs a target in the pass context")
         scratch = None
-        if ctx.workdir:
-            out = Path(ctx.workdir) / f"artifact-{ctx.target.name}-{precision_name(ctx.bits)}"
-        else:  # a marked temp folder: removed with the runner, at exit, or by the next run if this one is killed
-            out = scratch = make_work_dir(f"anomopt-{ctx.target.name}-{precision_name(ctx.bits)}-")
         try:
+            with signals_deferred():  # no signal between creating the folder and recording it
+                if ctx.workdir:
+                    out = Path(ctx.workdir) / f"artifact-{ctx.target.name}-{precision_name(ctx.bits)}"
+                else:  # a marked temp folder: removed with the runner, at exit, or by the next run if killed
+                    out = scratch = make_work_dir(f"anomopt-{ctx.target.name}-{precision_name(ctx.bits)}-")
             record = lower_graph(graph, ctx.target, ctx.bits, out, ctx.calib_images, self.options)
             runner = OnnxRunner(record["model"], threads=self.options.get("threads"), description=record["runner"])
         except BaseException:
