@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import struct
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,12 +16,15 @@ import torch
 from anomopt.api import optimize
 from anomopt.errors import TargetError
 from anomopt.models import build_model
+from anomopt.normalization import fit_normalization
 from anomopt.passes.drift import relative_l2
 from anomopt.runtime import Predictor
 from anomopt.targets import tensorrt as trt
 from anomopt.targets.onnx_export import export_onnx
 
 SIZE = 64
+# finished-training thresholds (optimize/export refuse a checkpoint without them)
+NORM = fit_normalization(["toy"] * 20, np.linspace(0.1, 0.9, 20))
 PTQ = ["fold_batchnorm", "insert_fake_quant", ("calibrate", {"method": "max"})]
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -215,3 +219,89 @@ def test_implicit_quantization_writes_calib_cache(calib, tmp_path):
     assert "--calib=calib.cache" in (out / "build_engine.sh").read_text()
     proto = onnx.load(str(out / "model.onnx"))
     assert not any(n.op_type == "QuantizeLinear" for n in proto.graph.node)  # FP32 ONNX + cache
+
+
+# ------------------------------------------------------------------------ torch-tensorrt bundle (issue 19)
+
+
+def _run_script(folder, *args):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"), OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, str(folder / "build_torch_trt.py"), *args], capture_output=True, text=True, env=env,
+        timeout=300,
+    )
+
+
+def test_cli_export_torch_tensorrt_fp16_bundle_runs_up_to_the_import(tmp_path):
+    import json
+
+    from anomopt.checkpoint import save_checkpoint
+    from anomopt.cli.main import main
+
+    torch.manual_seed(0)
+    model = build_model("stfpm", image_size=SIZE)
+    ckpt = save_checkpoint(tmp_path / "m.ckpt", model, ["toy"], normalization=NORM)
+    out = tmp_path / "art"
+    argv = ["export", str(ckpt), "--target", "xavier_nx", "--bits", "16", "--variant", "torch_tensorrt",
+            "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["pipeline"] == "xavier_nx-fp16-torch_tensorrt"
+    assert {"model.onnx", "build_engine.sh", "model.pt2", "torch_trt.json", "build_torch_trt.py"} <= set(meta["files"])
+    # the ExportedProgram computes what the ONNX artifact computes
+    x = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    ep_score, ep_map = torch.export.load(str(out / "model.pt2")).module()(x)
+    ort_score, ort_map = Predictor(out).run(x.numpy())
+    np.testing.assert_allclose(ep_score.detach().numpy(), ort_score, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ep_map.detach().numpy()[:, 0], ort_map, rtol=1e-4, atol=1e-5)
+    dry = _run_script(out, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout.strip().splitlines()[-1])
+    assert plan["precision"] == "fp16" and plan["input_shape"] == [1, 3, SIZE, SIZE]
+    assert plan["enabled_precisions"] == ["torch.float16", "torch.float32"]
+    with torch.no_grad():
+        expected = torch.export.load(str(out / "model.pt2")).module()(
+            torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+        )[0]
+    assert plan["cpu_score"] == pytest.approx([float(s) for s in expected], rel=1e-5)
+    if importlib.util.find_spec("torch_tensorrt") is None:
+        real = _run_script(out)
+        assert real.returncode == 2 and "torch_tensorrt does not import here" in real.stderr
+
+
+def test_torch_tensorrt_int8_needs_the_modelopt_quantizer(trt_graph, tmp_path):
+    from anomopt.targets.torch_trt import write_torch_trt_bundle
+
+    with pytest.raises(TargetError, match="needs the ModelOpt quantizer"):
+        write_torch_trt_bundle(trt_graph, tmp_path, "int8")
+    with pytest.raises(TargetError, match="Jetson target"):
+        optimize(build_model("stfpm", image_size=SIZE), "cpu", 32, passes=[("lower", {"backend": "torch_tensorrt"})],
+                 progress=False)
+
+
+def test_torch_tensorrt_int8_bundle_restores_the_modelopt_model(calib, tmp_path):
+    pytest.importorskip("modelopt.torch.quantization", reason="nvidia-modelopt is not installed")
+    import json
+
+    from anomopt.targets.torch_trt import restore_modelopt_model
+
+    torch.manual_seed(0)
+    om = optimize(build_model("rd", image_size=SIZE), "xavier_nx", 8, calib=calib, variant="torch_tensorrt",
+                  pass_options={"modelopt_quantize": {"method": "max"}}, calib_samples=8, workdir=tmp_path,
+                  progress=False)
+    folder = Path(om.graph.meta["artifact"]["dir"])
+    assert {"modelopt_state.pth", "model.pt2", "build_torch_trt.py"} <= set(om.graph.meta["artifact"]["files"])
+    restored = restore_modelopt_model(folder)
+    x = calib[:2]
+    with torch.no_grad():
+        want, got = om.graph.run(x)[0], restored(x)[0]
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-7)  # same quantizers, same amax
+    dry = _run_script(folder, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout.strip().splitlines()[-1])
+    assert plan["precision"] == "int8" and "torch.int8" in plan["enabled_precisions"]

@@ -76,6 +76,12 @@ def register(subparsers: Any) -> None:
     export.add_argument("--pipeline", metavar="TOML", help="your own pass pipeline instead of the shipped one")
     export.add_argument("--variant", default=None, help="shipped pipeline variant, e.g. 'qat' (cpu-int8-qat)")
     export.add_argument(
+        "--quantizer",
+        choices=("anomopt", "modelopt"),
+        default="anomopt",
+        help="Jetson INT8 quantizer: anomopt's own or NVIDIA ModelOpt (the '-modelopt' pipeline variant)",
+    )
+    export.add_argument(
         "--dla-core",
         type=int,
         default=None,
@@ -160,6 +166,7 @@ def run_export(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace, inputs: tuple[str, ...]) -> int:
     from anomopt.api import optimize
     from anomopt.checkpoint import load_checkpoint, require_thresholds
+    from anomopt.targets.modelopt_quant import quantizer_variant
 
     model, payload = load_checkpoint(args.checkpoint)
     require_thresholds(payload, args.checkpoint)
@@ -171,6 +178,7 @@ def _export(args: argparse.Namespace, inputs: tuple[str, ...]) -> int:
     options: dict[str, dict[str, Any]] = {}
     if args.calib_method:
         options["calibrate"] = {"method": args.calib_method}
+        options["modelopt_quantize"] = {"method": args.calib_method}
     lower_opts: dict[str, Any] = {
         "trt_quantization": args.trt_quantization,
         "fp16_fallback": args.fp16_fallback,
@@ -186,7 +194,7 @@ def _export(args: argparse.Namespace, inputs: tuple[str, ...]) -> int:
             bits=args.bits,
             calib=calib,
             passes=args.pipeline,
-            variant=args.variant,
+            variant=quantizer_variant(args.quantizer, args.variant, args.pipeline),
             calib_source=args.calib_source if calib is not None else "noise",
             calib_samples=args.calib_samples,
             pass_options=options,

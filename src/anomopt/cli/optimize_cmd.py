@@ -27,6 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pipeline", default=None, help="a pipeline TOML file to use instead of the shipped one")
     p.add_argument("--variant", default=None, help="a shipped variant, e.g. qat or prune (cpu-int8-qat.toml)")
     p.add_argument(
+        "--quantizer",
+        default="anomopt",
+        choices=["anomopt", "modelopt"],
+        help="INT8 quantizer of the Jetson targets: anomopt's own or NVIDIA ModelOpt (the '-modelopt' pipeline)",
+    )
+    p.add_argument(
         "--calib-source",
         default="train",
         choices=["train", "noise", "mixed"],
@@ -74,6 +80,7 @@ def _run(args: argparse.Namespace) -> int:
     from anomopt.checkpoint import read_checkpoint
     from anomopt.data import load_mvtec
     from anomopt.metrics import format_table
+    from anomopt.targets.modelopt_quant import quantizer_variant
 
     payload = read_checkpoint(args.checkpoint)
     size = int(payload["config"]["image_size"])
@@ -83,6 +90,7 @@ def _run(args: argparse.Namespace) -> int:
     options: dict[str, dict] = {}
     if args.calib_method:
         options.setdefault("calibrate", {})["method"] = args.calib_method
+        options.setdefault("modelopt_quantize", {})["method"] = args.calib_method
     if args.scope:
         options.setdefault("insert_fake_quant", {})["scope"] = args.scope
     tolerance = {}
@@ -99,7 +107,7 @@ def _run(args: argparse.Namespace) -> int:
             eval=test,
             tolerance=tolerance or None,
             passes=args.pipeline,
-            variant=args.variant,
+            variant=quantizer_variant(args.quantizer, args.variant, args.pipeline),
             calib_source=args.calib_source,
             calib_samples=args.calib_samples,
             pass_options=options,

@@ -11,7 +11,8 @@ stand-in (the QDQ ONNX computes the int8 math TensorRT runs; FP16 is not emulate
 
 Options: ``threads`` (runner), ``float_consumers`` (True), ``use_torch_ranges`` (True),
 ``trt_quantization`` (explicit|implicit), ``cache_bins`` (histogram bins of the implicit cache, 512),
-``dla_core``, ``workspace_mib`` (1024), ``fp16_fallback``.
+``dla_core``, ``workspace_mib`` (1024), ``fp16_fallback``, ``backend`` (``onnx`` | ``torch_tensorrt``: also
+write the ``torch_trt/`` bundle that torch-tensorrt compiles on the device, see :mod:`anomopt.targets.torch_trt`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ def lower_graph(
     (paths, precision, runtime, notes) that :func:`anomopt.targets.export.save_artifact` reuses."""
     opts = dict(options or {})
     target.check_bits(bits)
+    if str(opts.get("backend", "onnx")) not in ("onnx", "torch_tensorrt"):
+        raise TargetError(f"lower: backend must be 'onnx' or 'torch_tensorrt', not {opts.get('backend')!r}")
+    if opts.get("backend") == "torch_tensorrt" and target.runtime != "tensorrt":
+        raise TargetError(f"lower: backend 'torch_tensorrt' needs a Jetson target (xavier_nx, orin), not {target.name}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     work = out / "_work"
@@ -76,6 +81,13 @@ def lower_graph(
     quantized = bits == 8
     if quantized and not graph.meta.get("quantized_layers"):
         raise TargetError("INT8 lowering needs the insert_fake_quant and calibrate passes before 'lower'")
+    backend = str((graph.meta.get("quant") or {}).get("backend", "anomopt")) if quantized else "anomopt"
+    explicit = opts.get("trt_quantization", "explicit") == "explicit"
+    if backend == "modelopt" and (target.runtime != "tensorrt" or not explicit):
+        raise TargetError(
+            "a ModelOpt-quantized graph lowers to TensorRT explicit quantization only "
+            "(xavier_nx / orin, trt_quantization='explicit')"
+        )
     if target.runtime == "onnxruntime":
         fp32 = export_onnx(graph, work / "model_fp32.onnx", opset=opset)
         notes["export"] = fp32.notes
@@ -107,7 +119,12 @@ def lower_graph(
         if mode not in ("explicit", "implicit"):
             raise TargetError(f"trt_quantization must be 'explicit' or 'implicit', not {mode!r}")
         calib_file = None
-        if quantized and mode == "explicit":
+        if quantized and backend == "modelopt":
+            from anomopt.targets.modelopt_quant import export_modelopt_qdq
+
+            notes["export"] = export_modelopt_qdq(graph, out / MODEL_FILE, opset=opset).notes
+            record["quantization"] = "explicit (Q/DQ in the ONNX, NVIDIA ModelOpt placement and calibration)"
+        elif quantized and mode == "explicit":
             qdq = trt.export_qdq_onnx(graph, out / MODEL_FILE, opset=opset)
             notes["export"] = qdq.notes
             record["quantization"] = "explicit (Q/DQ in the ONNX)"
@@ -144,6 +161,11 @@ def lower_graph(
         )
         trt.write_build_script(out, command)
         record["files"].append("build_engine.sh")
+        if str(opts.get("backend", "onnx")) == "torch_tensorrt":
+            from anomopt.targets.torch_trt import lower_bundle_command, write_torch_trt_bundle
+
+            record["files"] += write_torch_trt_bundle(graph, out, precision, size)
+            record["torch_tensorrt"] = lower_bundle_command(".")
         record["trtexec"] = command
         record["trt_version"] = target.trt_version
         record["runner"] = (

@@ -12,8 +12,9 @@ Three ways to an engine, all from files this module writes (checked here, built 
 
 :func:`trtexec_command` gives the exact build command (written as ``build_engine.sh`` into the artifact);
 :func:`build_engine` runs the TensorRT Python API where ``import tensorrt`` works and otherwise raises a
-:class:`TargetError` with that command. ``backend="torch_tensorrt"`` compiles straight from the torch graph
-where ``torch_tensorrt`` imports.
+:class:`TargetError` with that command. ``lower(backend="torch_tensorrt")`` also writes the bundle that
+``torch_tensorrt`` compiles on the device (ExportedProgram, ModelOpt state for INT8, ``build_torch_trt.py``);
+:func:`lower_torch_tensorrt` compiles it where ``torch_tensorrt`` imports.
 """
 
 from __future__ import annotations
@@ -398,34 +399,39 @@ def _cache_calibrator(trt: Any, cache: Path) -> Any:
 # --------------------------------------------------------------------------------------- torch-tensorrt
 
 
-def lower_torch_tensorrt(graph: Any, precision: str = "fp16", image_size: int | None = None, batch: int = 1) -> Any:
-    """Compile the graph's torch model with ``torch_tensorrt`` (on a CUDA device); returns the module.
+def lower_torch_tensorrt(
+    graph: Any,
+    precision: str = "fp16",
+    image_size: int | None = None,
+    batch: int = 1,
+    out_dir: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Write the torch-tensorrt bundle (:mod:`anomopt.targets.torch_trt`) into ``out_dir`` and compile it
+    with ``torch_tensorrt`` where it imports and a CUDA device is visible; returns the saved
+    ``model_trt.ep``. Elsewhere raises a :class:`TargetError` naming the script to run on the device.
 
-    INT8 goes through the QDQ ONNX path instead: torch-tensorrt's INT8 needs NVIDIA ModelOpt quantizers.
+    ``lower(backend="torch_tensorrt")`` writes the same bundle into the artifact without compiling.
+    INT8 needs the ModelOpt quantizer (``modelopt_quantize``): torch-tensorrt compiles only its quantizers.
     """
+    import runpy
+    import tempfile
+
+    from anomopt.targets.torch_trt import ENGINE_FILE, SCRIPT, write_torch_trt_bundle
+
+    folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="anomopt-torch-trt-"))
+    write_torch_trt_bundle(graph, folder, precision, image_size, batch)
     try:
-        import torch_tensorrt  # type: ignore[import-not-found]
+        import torch_tensorrt  # type: ignore[import-not-found]  # noqa: F401
     except ImportError:
         raise TargetError(
-            "backend='torch_tensorrt' needs the torch_tensorrt package (not installed here); use the default "
-            "ONNX + trtexec path, or install torch-tensorrt matching your torch and TensorRT on the device"
+            "backend='torch_tensorrt' needs the torch_tensorrt package (not installed here); the bundle is in "
+            f"{folder}: copy it to the device and run python3 {SCRIPT} there (or use the ONNX + trtexec path)"
         ) from None
     import torch
 
-    if precision not in ("fp32", "fp16"):
-        raise TargetError(
-            "backend='torch_tensorrt' lowers FP32 and FP16; for INT8 use the QDQ ONNX (explicit quantization)"
-        )
     if not torch.cuda.is_available():
-        raise TargetError("torch_tensorrt needs a CUDA device; none is visible")
-    model = graph.model if hasattr(graph, "model") else graph
-    size = int(image_size or model.config.image_size)
-    dtypes = {torch.float32} | ({torch.float16} if precision == "fp16" else set())
-    try:
-        return torch_tensorrt.compile(
-            model.eval().cuda(),
-            inputs=[torch_tensorrt.Input((batch, 3, size, size), dtype=torch.float32)],
-            enabled_precisions=dtypes,
-        )
-    except Exception as err:
-        raise TargetError(f"torch_tensorrt.compile failed: {type(err).__name__}: {str(err)[:300]}") from err
+        raise TargetError(f"torch_tensorrt needs a CUDA device; none is visible (bundle: {folder})")
+    main = runpy.run_path(str(folder / SCRIPT))["main"]
+    if main([]) != 0:
+        raise TargetError(f"torch_tensorrt compile of {folder} failed (see the messages above)")
+    return folder / ENGINE_FILE
