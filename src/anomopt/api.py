@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
+import shutil
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from anomopt.graph import ModelGraph, capture
 from anomopt.inference import predict_dataset
 from anomopt.models import KDModel
 from anomopt.normalization import ThresholdPolicy, fit_normalization, parse_policy
+from anomopt.outputs import make_work_dir, signals_deferred, sweep_stale_work_dirs
 from anomopt.passes import (
     AccuracyGate,
     Pass,
@@ -93,11 +95,17 @@ class OptimizedModel:
         """Scores ``(N,)`` and maps ``(N, H, W)`` from what this model deploys as."""
         return self.graph.predict(images)
 
-    def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the deployable artifact folder (``model.onnx`` + ``meta.json`` + ``report.json``)."""
+    def save(
+        self, directory: str | os.PathLike[str], overwrite: bool = False, inputs: tuple[str, ...] = ()
+    ) -> Path:
+        """Write the deployable artifact folder (``model.onnx`` + ``meta.json`` + ``report.json``).
+
+        An existing ``directory`` is replaced whole only when it is empty or an earlier artifact, unless
+        ``overwrite``; never when it holds one of ``inputs`` (e.g. the checkpoint) or the working folder.
+        """
         from anomopt.targets.export import save_artifact
 
-        return save_artifact(self, Path(directory))
+        return save_artifact(self, Path(directory), overwrite=overwrite, inputs=tuple(inputs))
 
 
 def _as_pipeline(passes: Any, target: TargetSpec, bits: int, variant: str | None) -> Pipeline:
@@ -147,7 +155,7 @@ def _ensure_lowered(graph: ModelGraph, spec: TargetSpec, bits: int, ctx: PassCon
     out = (
         Path(ctx.workdir) / f"artifact-{spec.name}-{precision_name(bits)}"
         if ctx.workdir
-        else Path(tempfile.mkdtemp(prefix=f"anomopt-{spec.name}-{precision_name(bits)}-"))
+        else make_work_dir(f"anomopt-{spec.name}-{precision_name(bits)}-")
     )
     record = lower_graph(graph, spec, bits, out, ctx.calib_images)
     record["notes"]["lowered_by"] = "optimize() before re-fitting thresholds (the pipeline had no 'lower' pass)"
@@ -228,6 +236,7 @@ def optimize(
     spec = get_target(target)
     spec.check_bits(bits)
     policy = parse_policy(threshold_policy) if threshold_policy is not None else None
+    sweep_stale_work_dirs()  # temp folders of earlier runs that were killed
     payload: dict[str, Any] = {}
     if isinstance(model, (str, os.PathLike)):
         ckpt_path = model
@@ -323,32 +332,47 @@ def optimize(
     wants_gate = np.isfinite(tol.max_image_auroc_drop) or np.isfinite(tol.max_pixel_auroc_drop)
     if eval is not None and wants_gate and not any(isinstance(p, AccuracyGate) for p in run_passes):
         run_passes.append(AccuracyGate())
-    graph, report = PassManager(run_passes).run(graph, ctx)
-    if val_set is not None:
-        _ensure_lowered(graph, spec, bits, ctx)
-        reporter.log(f"optimize: re-fitting thresholds on the lowered model, {len(val_set)} validation images")
-        normalization, source = refit_thresholds(graph, val_set, policy, progress)
-        source["validation"] = val_how
-        graph.meta["normalization_source"] = source
-    else:
-        graph.meta["normalization_source"] = {
-            "model": "as given (not re-fitted: no validation images)",
-            "threshold_policy": _policy_of(normalization),
-        }
-        if normalization:
-            warnings.warn(
-                "optimize(): no validation images (val=..., a checkpoint split or data_root): the thresholds "
-                "were not re-fitted on the optimized model and may not match its scores",
-                UserWarning,
-                stacklevel=2,
-            )
-    categories = list(categories) or sorted(normalization)
-    graph.meta["categories"] = categories
-    graph.meta["normalization"] = normalization
-    metrics_after = graph.meta.get("metrics_after")
-    if eval is not None and (normalization or metrics_after is None):
-        reporter.log("optimize: measuring the optimized model's AUROC")
-        metrics_after = evaluate_graph(graph, eval, normalization=normalization or None, progress=progress)
+    owned = None
+    try:
+        with signals_deferred():  # a signal cannot land between creating the folder and recording it
+            if ctx.workdir is None:  # lowering's files go to a marked temp folder that this call owns
+                owned = make_work_dir(f"anomopt-{spec.name}-{bits}bit-")
+                ctx.workdir = str(owned)
+        graph, report = PassManager(run_passes).run(graph, ctx)
+        if val_set is not None:
+            _ensure_lowered(graph, spec, bits, ctx)
+            reporter.log(f"optimize: re-fitting thresholds on the lowered model, {len(val_set)} validation images")
+            normalization, source = refit_thresholds(graph, val_set, policy, progress)
+            source["validation"] = val_how
+            graph.meta["normalization_source"] = source
+        else:
+            graph.meta["normalization_source"] = {
+                "model": "as given (not re-fitted: no validation images)",
+                "threshold_policy": _policy_of(normalization),
+            }
+            if normalization:
+                warnings.warn(
+                    "optimize(): no validation images (val=..., a checkpoint split or data_root): the thresholds "
+                    "were not re-fitted on the optimized model and may not match its scores",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        categories = list(categories) or sorted(normalization)
+        graph.meta["categories"] = categories
+        graph.meta["normalization"] = normalization
+        metrics_after = graph.meta.get("metrics_after")
+        if eval is not None and (normalization or metrics_after is None):
+            reporter.log("optimize: measuring the optimized model's AUROC")
+            metrics_after = evaluate_graph(graph, eval, normalization=normalization or None, progress=progress)
+    except BaseException:
+        if owned is not None:
+            shutil.rmtree(owned, ignore_errors=True)
+        raise
+    if owned is not None:
+        if isinstance(graph.meta.get("artifact"), dict) and graph.runner is not None:
+            weakref.finalize(graph.runner, shutil.rmtree, owned, True)  # the runner reads the lowered files
+        else:
+            shutil.rmtree(owned, ignore_errors=True)
     result = OptimizedModel(
         graph=graph,
         target=spec,

@@ -40,8 +40,29 @@ def sample_images(data: Dataset | torch.Tensor, n: int, seed: int = 0, exclude: 
         )
     idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[: min(n, total)].tolist()
     if isinstance(data, torch.Tensor):
-        return data[idx]
-    return torch.stack([data[i]["image"] for i in sorted(idx)])
+        images, names = data[idx], [f"index {i}" for i in idx]
+    else:
+        idx = sorted(idx)
+        items = [data[i] for i in idx]
+        images = torch.stack([it["image"] for it in items])
+        names = [str(it.get("path", f"index {i}")) for i, it in zip(idx, items)]
+    _refuse_constant(images, names)
+    return images
+
+
+def _refuse_constant(images: torch.Tensor, names: list[str]) -> None:
+    """A constant image (every pixel the same) has no range: it skews INT8 calibration, so refuse it."""
+    if not len(images):
+        return
+    flat = images.reshape(len(images), -1).float()
+    constant = ((flat.amax(1) - flat.amin(1)) == 0).nonzero().flatten().tolist()
+    if constant:
+        first = constant[0]
+        raise DataError(
+            f"{names[first]}: calibration image is constant (every pixel {float(flat[first, 0]):.4g}; "
+            f"{len(constant)} of {len(images)} such images): it carries no range information and skews the "
+            "INT8 ranges; remove constant images from the calibration data"
+        )
 
 
 def build_calibration_images(

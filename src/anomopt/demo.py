@@ -99,6 +99,7 @@ def report_context(cfg: DemoConfig, data_root: Path, train, test, load: dict[str
     import time as _time
 
     import onnxruntime
+    import torch
 
     from anomopt import __version__
     from anomopt.bench import cpu_info

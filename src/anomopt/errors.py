@@ -37,3 +37,7 @@ class TargetError(AnomoptError, ValueError):
 
 class WeightsNotFoundError(AnomoptError, FileNotFoundError):
     """Pretrained weights are not available offline."""
+
+
+class OutputError(AnomoptError, OSError):
+    """An output file or folder cannot be written: read-only, locked by another run, disk full."""

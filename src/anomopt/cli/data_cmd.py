@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from anomopt.errors import ConfigError
+from anomopt.errors import ConfigError, DataError
 
 __all__ = ["register", "run_check", "run_synth"]
 
@@ -147,4 +147,14 @@ def run_check(args: argparse.Namespace) -> int:
             f"{name}: {len(cs.train)} train, {len(cs.test) - len(anomalous)} good test, "
             f"{len(anomalous)} anomalous test ({', '.join(defects) or 'none'})"
         )
+    if args.categories.strip() == "all":
+        from anomopt.cli.common import non_category_folders
+
+        skipped = non_category_folders(args.root)
+        if skipped:
+            names = ", ".join(p.name for p in skipped)
+            raise DataError(
+                f"{skipped[0] / 'train' / 'good'}: folder missing, so {len(skipped)} folder(s) of the root are "
+                f"not categories and are skipped ({names}); add train/good/ with normal images, or move them out"
+            )
     return 0

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from anomopt.errors import ConfigError
+from anomopt.outputs import prepare_output_dir, work_dir
 
 __all__ = ["register", "run_export"]
 
@@ -38,7 +38,15 @@ def register(subparsers: Any) -> None:
     export.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint written by 'anomopt train'")
     export.add_argument("--target", default="cpu", help="cpu | xavier_nx | orin (default: cpu)")
     export.add_argument("--bits", type=_bits, default=8, help="8, 16 or 32 (default: 8)")
-    export.add_argument("--out", required=True, metavar="DIR", help="artifact folder to write (replaced atomically)")
+    export.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="artifact folder to write (replaced atomically when new, empty or an earlier artifact)",
+    )
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace a non-empty --out that is not an anomopt artifact"
+    )
     export.add_argument(
         "--calib-data",
         metavar="DIR",
@@ -120,15 +128,23 @@ def _calibration_set(args: argparse.Namespace, image_size: int, categories: list
 
 def run_export(args: argparse.Namespace) -> int:
     """``anomopt export``: optimize and write the artifact; returns the exit code."""
-    from anomopt.api import optimize
-    from anomopt.checkpoint import load_checkpoint, require_thresholds
     from anomopt.targets import get_target
-    from anomopt.targets.modelopt_quant import quantizer_variant
 
     spec = get_target(args.target)
     spec.check_bits(args.bits)
     if args.calib_samples <= 0:
         raise ConfigError("--calib-samples must be positive")
+    inputs = tuple(str(p) for p in (args.checkpoint, args.calib_data, args.pipeline) if p)
+    # Checked and locked before the long work: a bad --out fails in a second, not after the whole run.
+    with prepare_output_dir(args.out, "artifact", overwrite=args.overwrite, inputs=inputs):
+        return _export(args, inputs)
+
+
+def _export(args: argparse.Namespace, inputs: tuple[str, ...]) -> int:
+    from anomopt.api import optimize
+    from anomopt.checkpoint import load_checkpoint, require_thresholds
+    from anomopt.targets.modelopt_quant import quantizer_variant
+
     model, payload = load_checkpoint(args.checkpoint)
     require_thresholds(payload, args.checkpoint)
     calib = (
@@ -148,7 +164,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.dla_core is not None:
         lower_opts["dla_core"] = args.dla_core
     options["lower"] = lower_opts
-    with tempfile.TemporaryDirectory(prefix="anomopt-export-") as work:
+    with work_dir("anomopt-export-") as work:
         optimized = optimize(
             args.checkpoint,  # optimize() refuses one without thresholds and re-fits them on the artifact
             target=args.target,
@@ -165,7 +181,7 @@ def run_export(args: argparse.Namespace) -> int:
             data_root=args.calib_data,
             threshold_policy=args.threshold_policy,
         )
-        out = optimized.save(args.out)
+        out = optimized.save(args.out, overwrite=args.overwrite, inputs=inputs)
     if args.quiet:  # otherwise optimize() printed the summary with its progress lines (stderr)
         print(optimized.summary())
     meta = json.loads((Path(out) / "meta.json").read_text())

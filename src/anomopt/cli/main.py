@@ -8,7 +8,9 @@ in one line when it is missing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -89,12 +91,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that ``finally`` blocks clean temp files and release locks."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; user errors print one line on stderr and exit with status 2."""
+    """Run the CLI; user errors print one line on stderr and exit with status 2.
+
+    SIGINT exits with 130 and SIGTERM with 143, after the command's cleanup ran (temp folders removed,
+    locks released; complete checkpoints and artifacts stay, half-written files never replace them).
+    """
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown and not getattr(args.func, "needs_extra", False):  # a stand-in takes any arguments
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    previous = None
+    with contextlib.suppress(ValueError):  # only the main thread may set handlers
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
     except AnomoptError as err:
@@ -109,6 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("anomopt: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("anomopt: terminated", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from anomopt.cli.common import DefaultsHelpFormatter, require_positive
 from anomopt.io import write_json_atomic
+from anomopt.outputs import prepare_output_dir, work_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -12,13 +14,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "optimize",
         help="optimize a trained checkpoint for a target (pipeline of passes) and write the artifact",
         description="Resolve the target x precision pipeline (passes/<target>-<precision>.toml) or your own, "
-        "run it with drift checks after every pass, optionally gate on AUROC, and save the artifact folder.",
+        "run it with drift checks after every pass, optionally gate on AUROC, and save the artifact folder. "
+        "--out is replaced whole when it is an earlier artifact; any other non-empty folder needs --overwrite, "
+        "and a folder holding the checkpoint or the data is never replaced.",
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("checkpoint", help="a checkpoint written by `anomopt train`")
     p.add_argument("--data", required=True, help="MVTec-layout data: its training split calibrates")
-    p.add_argument("--categories", default="all")
+    p.add_argument("--categories", default="all", help="'all' (the checkpoint's categories) or a comma-separated list")
     p.add_argument("--target", default="cpu", help="cpu | xavier_nx | orin")
-    p.add_argument("--bits", type=int, default=8, choices=[8, 16, 32])
+    p.add_argument("--bits", type=int, default=8, choices=[8, 16, 32], help="precision")
     p.add_argument("--pipeline", default=None, help="a pipeline TOML file to use instead of the shipped one")
     p.add_argument("--variant", default=None, help="a shipped variant, e.g. qat or prune (cpu-int8-qat.toml)")
     p.add_argument(
@@ -27,8 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["anomopt", "modelopt"],
         help="INT8 quantizer of the Jetson targets: anomopt's own or NVIDIA ModelOpt (the '-modelopt' pipeline)",
     )
-    p.add_argument("--calib-source", default="train", choices=["train", "noise", "mixed"])
-    p.add_argument("--calib-samples", type=int, default=64)
+    p.add_argument(
+        "--calib-source",
+        default="train",
+        choices=["train", "noise", "mixed"],
+        help="calibration images: normal training images, random-normal noise, or half of each",
+    )
+    p.add_argument("--calib-samples", type=int, default=64, help="calibration images")
     p.add_argument(
         "--calib-method",
         default=None,
@@ -46,13 +56,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="image threshold from the validation normals: z:K (z-score above K; default z:3) or fpr:R "
         "(target false-reject rate R, e.g. fpr:0.01); see docs/decisions.md",
     )
-    p.add_argument("--out", required=True, help="artifact folder to write")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="artifact folder to write (replaced atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out that is not an artifact")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--quiet", action="store_true", help="no progress lines or bars; print only the final summary")
     p.set_defaults(func=run)
 
 
+def _inputs(args: argparse.Namespace) -> tuple[str, ...]:
+    """What the command reads: a folder replaced whole must never hold one of them."""
+    return tuple(str(p) for p in (args.checkpoint, args.data, args.pipeline) if p)
+
+
 def run(args: argparse.Namespace) -> int:
+    require_positive(args.calib_samples, "--calib-samples")
+    # Checked and locked before the long work: a bad --out fails in a second, not after the whole run.
+    with prepare_output_dir(args.out, "artifact", overwrite=args.overwrite, inputs=_inputs(args)):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from anomopt.api import optimize
     from anomopt.checkpoint import read_checkpoint
     from anomopt.data import load_mvtec
@@ -81,29 +104,31 @@ def run(args: argparse.Namespace) -> int:
         tolerance["max_image_auroc_drop"] = args.max_image_auroc_drop
     if args.max_pixel_auroc_drop is not None:
         tolerance["max_pixel_auroc_drop"] = args.max_pixel_auroc_drop
-    om = optimize(
-        args.checkpoint,
-        target=args.target,
-        bits=args.bits,
-        calib=calib,
-        eval=test,
-        tolerance=tolerance or None,
-        passes=args.pipeline,
-        variant=quantizer_variant(args.quantizer, args.variant, args.pipeline),
-        calib_source=args.calib_source,
-        calib_samples=args.calib_samples,
-        pass_options=options,
-        seed=args.seed,
-        progress=not args.quiet,
-        data_root=args.data,
-        threshold_policy=args.threshold_policy,
-    )
-    if args.quiet:  # otherwise optimize() printed the summary with its progress lines (stderr)
-        print(om.summary())
-    if om.metrics_before is not None and om.metrics_after is not None:
-        print(format_table(om.metrics_before, title="before (FP32 checkpoint, its own thresholds)"))
-        print(format_table(om.metrics_after, title="after (the artifact, at the thresholds it ships)"))
-    folder = om.save(args.out)
+    with work_dir("anomopt-optimize-") as work:  # lowering's files; removed on success and on failure
+        om = optimize(
+            args.checkpoint,
+            target=args.target,
+            bits=args.bits,
+            calib=calib,
+            eval=test,
+            tolerance=tolerance or None,
+            passes=args.pipeline,
+            variant=quantizer_variant(args.quantizer, args.variant, args.pipeline),
+            calib_source=args.calib_source,
+            calib_samples=args.calib_samples,
+            pass_options=options,
+            workdir=work,
+            seed=args.seed,
+            progress=not args.quiet,
+            data_root=args.data,
+            threshold_policy=args.threshold_policy,
+        )
+        if args.quiet:  # otherwise optimize() printed the summary with its progress lines (stderr)
+            print(om.summary())
+        if om.metrics_before is not None and om.metrics_after is not None:
+            print(format_table(om.metrics_before, title="before (FP32 checkpoint, its own thresholds)"))
+            print(format_table(om.metrics_after, title="after (the artifact, at the thresholds it ships)"))
+        folder = om.save(args.out, overwrite=args.overwrite, inputs=_inputs(args))
     write_json_atomic(folder / "optimize.json", {"command": "optimize", "checkpoint": str(args.checkpoint)})
     print(f"artifact: {folder}")
     return 0

@@ -201,9 +201,17 @@ def create_feature_extractor(
         raise WeightsNotFoundError(
             f"no offline ImageNet weights for backbone {name!r}{where}. To provide them: {cfg.how_to_provide}"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt, foreign or code-carrying files
+        raise WeightsNotFoundError(
+            f"{path}: not a readable {name} weights file ({type(err).__name__}: {' '.join(str(err).split())[:120]}); "
+            "pass a torchvision or timm state dict saved with torch.save"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsNotFoundError(f"{path}: not a {name} state dict (expected a mapping of names to tensors)")
     full = timm.create_model(cfg.timm_name, pretrained=False)
     target_keys = [k for k in full.state_dict() if not k.endswith("num_batches_tracked")]
     if cfg.remap_keys is not None:

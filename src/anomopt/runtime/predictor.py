@@ -27,6 +27,7 @@ ARTIFACT_FORMAT_VERSION = 1
 MODEL_FILE = "model.onnx"
 META_FILE = "meta.json"
 PRECISIONS = ("int8", "fp16", "fp32")
+MAX_IMAGE_SIZE = 8192
 _REQUIRED = (
     "format",
     "format_version",
@@ -163,12 +164,21 @@ def read_meta(artifact_dir: str | os.PathLike[str], verify: bool = True) -> dict
         )
     if meta["precision"] not in PRECISIONS:
         raise CheckpointError(f"{meta_path}: field 'precision' is {meta['precision']!r}, expected one of {PRECISIONS}")
+    for key in ("model", "target"):
+        if not isinstance(meta[key], str) or not meta[key]:
+            raise CheckpointError(f"{meta_path}: field '{key}' must be a non-empty string, not {meta[key]!r}")
     size = meta["image_size"]
-    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-        raise CheckpointError(f"{meta_path}: field 'image_size' must be a positive integer, not {size!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_IMAGE_SIZE:
+        raise CheckpointError(
+            f"{meta_path}: field 'image_size' must be an integer from 1 to {MAX_IMAGE_SIZE}, not {size!r}"
+        )
     inp = meta["input"]
     if not isinstance(inp, dict) or "name" not in inp or "shape" not in inp:
         raise CheckpointError(f"{meta_path}: field 'input' must hold 'name' and 'shape'")
+    if not isinstance(inp["name"], str) or not isinstance(inp["shape"], list) or len(inp["shape"]) != 4:
+        raise CheckpointError(f"{meta_path}: field 'input' needs a string 'name' and a 4-item 'shape' list")
+    if not isinstance(meta["outputs"], dict):
+        raise CheckpointError(f"{meta_path}: field 'outputs' must be an object")
     if list(inp["shape"])[1:] != [3, size, size]:
         raise CheckpointError(
             f"{meta_path}: field 'input.shape' {inp['shape']} does not match 'image_size' {size} "
@@ -179,15 +189,23 @@ def read_meta(artifact_dir: str | os.PathLike[str], verify: bool = True) -> dict
     for cat, entry in meta["normalization"].items():
         if not isinstance(entry, dict) or not {"score_mean", "score_std"} <= set(entry):
             raise CheckpointError(f"{meta_path}: field 'normalization.{cat}' needs score_mean and score_std")
-    if not isinstance(meta["categories"], list):
-        raise CheckpointError(f"{meta_path}: field 'categories' must be a list")
+    cats = meta["categories"]
+    if not isinstance(cats, list) or not all(isinstance(c, str) for c in cats):
+        raise CheckpointError(f"{meta_path}: field 'categories' must be a list of names")
     files = meta["files"]
     if not isinstance(files, dict) or MODEL_FILE not in files:
         raise CheckpointError(f"{meta_path}: field 'files' must list {MODEL_FILE} with its sha256")
     for name, info in files.items():
+        if Path(name).name != name or name in ("", ".", "..") or name == META_FILE:
+            raise CheckpointError(
+                f"{meta_path}: field 'files' names {name!r}; only plain file names inside the artifact folder"
+            )
         path = root / name
-        if not isinstance(info, dict) or "sha256" not in info:
+        if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
             raise CheckpointError(f"{meta_path}: field 'files.{name}' needs 'sha256' and 'bytes'")
+        size_field = info.get("bytes", 0)
+        if not isinstance(size_field, int) or isinstance(size_field, bool):
+            raise CheckpointError(f"{meta_path}: field 'files.{name}.bytes' must be an integer, not {size_field!r}")
         if not path.is_file():
             raise CheckpointError(f"{path}: listed in {META_FILE} ('files.{name}') but missing")
         if verify:

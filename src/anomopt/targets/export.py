@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from anomopt import __version__
 from anomopt.io import atomic_dir
+from anomopt.outputs import dir_mode, make_work_dir, prepare_output_dir
 from anomopt.runtime.predictor import (
     ARTIFACT_FORMAT,
     ARTIFACT_FORMAT_VERSION,
@@ -79,8 +79,18 @@ def _lowered_record(optimized_model: Any) -> dict[str, Any] | None:
     return record
 
 
-def save_artifact(optimized_model: Any, out_dir: Path) -> Path:
-    """Write ``optimized_model``'s deployable folder to ``out_dir``; returns the folder."""
+def save_artifact(optimized_model: Any, out_dir: Path, overwrite: bool = False, inputs: tuple = ()) -> Path:
+    """Write ``optimized_model``'s deployable folder to ``out_dir``; returns the folder.
+
+    ``out_dir`` is replaced whole only when it is missing, empty or an earlier artifact (else it needs
+    ``overwrite``), never when it holds one of ``inputs`` or the working folder, and under a lock
+    (:func:`anomopt.outputs.prepare_output_dir`).
+    """
+    with prepare_output_dir(out_dir, "artifact", overwrite=overwrite, inputs=inputs, flag="output"):
+        return _save(optimized_model, Path(out_dir))
+
+
+def _save(optimized_model: Any, out_dir: Path) -> Path:
     graph = optimized_model.graph
     target = optimized_model.target
     bits = int(optimized_model.bits)
@@ -88,7 +98,7 @@ def save_artifact(optimized_model: Any, out_dir: Path) -> Path:
     lowered_here = record is None
     scratch = None
     if record is None:
-        scratch = Path(tempfile.mkdtemp(prefix="anomopt-save-"))
+        scratch = make_work_dir("anomopt-save-")
         calib = None
         extra_notes = {}
         if bits == 8 and target.runtime == "onnxruntime":
@@ -111,7 +121,7 @@ def save_artifact(optimized_model: Any, out_dir: Path) -> Path:
             for name in record["files"]:
                 shutil.copyfile(src / name, tmp / name)
                 if name.endswith(".sh"):
-                    (tmp / name).chmod(0o755)
+                    (tmp / name).chmod(dir_mode())  # executable, as the umask allows (0755)
             report = dict(optimized_model.report)
             report["artifact"] = {k: v for k, v in record.items() if k not in ("dir", "model")}
             report["artifact"]["lowered_at_save"] = lowered_here

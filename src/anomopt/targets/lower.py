@@ -18,7 +18,7 @@ write the ``torch_trt/`` bundle that torch-tensorrt compiles on the device, see 
 from __future__ import annotations
 
 import shutil
-import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import torch
 
 from anomopt.errors import PipelineError, TargetError
 from anomopt.graph import ModelGraph
+from anomopt.outputs import make_work_dir, signals_deferred
 from anomopt.passes.base import Pass, PassContext
 from anomopt.passes.fake_quant import SCOPES
 from anomopt.runtime.predictor import OnnxRunner
@@ -205,13 +206,23 @@ class Lower(Pass):
             )
         if ctx.target is None:
             raise TargetError("pass 'lower' needs a target in the pass context")
-        if ctx.workdir:
-            out = Path(ctx.workdir) / f"artifact-{ctx.target.name}-{precision_name(ctx.bits)}"
-        else:
-            out = Path(tempfile.mkdtemp(prefix=f"anomopt-{ctx.target.name}-{precision_name(ctx.bits)}-"))
-        record = lower_graph(graph, ctx.target, ctx.bits, out, ctx.calib_images, self.options, log=ctx.log)
+        scratch = None
+        try:
+            with signals_deferred():  # no signal between creating the folder and recording it
+                if ctx.workdir:
+                    out = Path(ctx.workdir) / f"artifact-{ctx.target.name}-{precision_name(ctx.bits)}"
+                else:  # a marked temp folder: removed with the runner, at exit, or by the next run if killed
+                    out = scratch = make_work_dir(f"anomopt-{ctx.target.name}-{precision_name(ctx.bits)}-")
+            record = lower_graph(graph, ctx.target, ctx.bits, out, ctx.calib_images, self.options, log=ctx.log)
+            runner = OnnxRunner(record["model"], threads=self.options.get("threads"), description=record["runner"])
+        except BaseException:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        if scratch is not None:
+            weakref.finalize(runner, shutil.rmtree, scratch, True)
         graph.meta["artifact"] = record
-        graph.runner = OnnxRunner(record["model"], threads=self.options.get("threads"), description=record["runner"])
+        graph.runner = runner
         graph.meta["last_pass_notes"] = {
             "artifact": record["dir"],
             "precision": record["precision"],

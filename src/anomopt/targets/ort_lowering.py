@@ -24,7 +24,6 @@ import contextlib
 import io
 import logging
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -47,6 +46,7 @@ from onnxruntime.quantization.calibrate import TensorData, TensorsData
 
 from anomopt.errors import DataError, TargetError
 from anomopt.graph import ModelGraph
+from anomopt.outputs import work_dir
 from anomopt.passes.fake_quant import SCOPES, quantized_layers, weight_quantizer
 from anomopt.targets.onnx_export import INPUT_NAME, role_of_onnx_name
 
@@ -129,7 +129,7 @@ def calibrate_tensors(
     elif method == CalibrationMethod.Distribution:
         extra.update(num_bins=num_bins or 2048)
     with (
-        tempfile.TemporaryDirectory(prefix="anomopt-calib-") as tmp,
+        work_dir("anomopt-calib-") as tmp,
         contextlib.redirect_stdout(io.StringIO()),
     ):
         calibrator = create_calibrator(
@@ -511,7 +511,7 @@ def quantize_ort_int8(
     needed = list(dict.fromkeys(needed))
     ranges = _torch_ranges(graph, conv_map, plan["convs_quantized"], proto)
     to_collect = [t for t in needed if t not in ranges]
-    with tempfile.TemporaryDirectory(prefix="anomopt-ort-") as tmp:
+    with work_dir("anomopt-ort-") as tmp:
         collected = collect_ranges(
             fp32_path, calib_images, to_collect, method, percentile=percentile, batch_size=batch_size
         )
@@ -588,7 +588,7 @@ def optimized_graph(
     }
     if level not in levels:
         raise TargetError(f"optimization level must be one of {', '.join(levels)}, not {level!r}")
-    with tempfile.TemporaryDirectory(prefix="anomopt-opt-") as tmp:
+    with work_dir("anomopt-opt-") as tmp:
         target = Path(out_path) if out_path else Path(tmp) / "optimized.onnx"
         so = ort.SessionOptions()
         so.graph_optimization_level = levels[level]
