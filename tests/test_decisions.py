@@ -139,7 +139,9 @@ def trained(tmp_path_factory):
     seed_everything(0)
     model = build_model("stfpm", image_size=SIZE)
     ckpt = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
-    cfg = TrainConfig(epochs=3, batch_size=8, checkpoint=str(ckpt), progress=False, precision="fp32")
+    # 8 epochs (measured, 2 threads: image AUROC 0.73, FP32 false rejects 1.25 %); with 3 the model was near
+    # chance (AUROC 0.65) and its decisions hinged on threshold noise: FR 2.5-10 % depending on the init.
+    cfg = TrainConfig(epochs=8, batch_size=8, checkpoint=str(ckpt), progress=False, precision="fp32")
     train_model(model, train_set, cfg, val_set=val_set, categories=[CAT],
                 split=split_record(root, [CAT], VAL_FRACTION, 0, val_set))
     return ckpt, root, train_set
@@ -187,9 +189,10 @@ def test_every_pipeline_decides_like_the_fp32_artifact(trained, tmp_path_factory
     pruned_norm = runs["cpu-int8-prune"][0].normalization[CAT]
     assert pruned_norm["score_mean"] != pytest.approx(payload["normalization"][CAT]["score_mean"], rel=1e-3)
     ref = results["cpu-fp32"]
+    summary = {n: (r["false_reject_rate"], r["median_z_good"], r["image_auroc"]) for n, r in results.items()}
     for name, r in results.items():
-        assert abs(r["false_reject_rate"] - ref["false_reject_rate"]) <= 0.02 + 1e-9, (name, r, ref)
-        assert abs(r["median_z_good"] - ref["median_z_good"]) <= 0.5, (name, r, ref)
+        assert abs(r["false_reject_rate"] - ref["false_reject_rate"]) <= 0.02 + 1e-9, (name, summary)
+        assert abs(r["median_z_good"] - ref["median_z_good"]) <= 0.5, (name, summary)
 
 
 def test_unfinished_checkpoint_is_refused(trained, tmp_path, capsys):
