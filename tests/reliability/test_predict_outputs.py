@@ -7,6 +7,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +17,8 @@ import pytest
 from PIL import Image
 
 from anomopt.cli.main import main
-from anomopt.cli.overlay import OverlayInfo, render_overlay, z_scale
 from anomopt.runtime import Predictor, load_image
+from anomopt.runtime.overlay import OverlayInfo, render_overlay, z_scale
 from reliability.helpers import NORMALIZATION, SIZE, one_line_error, snapshot, write_images
 
 STATS = NORMALIZATION["fabric"]
@@ -102,6 +105,31 @@ def test_bad_files_are_skipped_and_reported_the_rest_scored(artifact, predictor,
         Path(rows[p]["overlay"]).name for p in files["scored"]
     )
     assert "anomopt: warning: skipped" in captured.err
+
+
+def test_predict_writes_overlays_without_matplotlib_or_torch(artifact, tmp_path):
+    """The thin runtime has neither: with them unimportable, predict still writes every overlay."""
+    images = write_images(tmp_path / "images", 2)
+    out = tmp_path / "pred"
+    code = f"""
+        import sys
+        for name in ("matplotlib", "torch", "torchvision", "timm", "scipy"):
+            sys.modules[name] = None  # importing them now fails
+        from anomopt.cli.main import main
+        rc = main(["predict", {str(artifact)!r}, {str(tmp_path / "images")!r}, "--out", {str(out)!r}])
+        print(rc, sorted(m for m in sys.modules if m.split(".")[0] in ("matplotlib", "torch") and sys.modules[m]))
+    """
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[-2] == "0 []"
+    overlays = sorted((out / "overlays").iterdir())
+    assert [p.name for p in overlays] == [f"{i:05d}_{p.stem}.png" for i, p in enumerate(images)]
+    for p in overlays:
+        with Image.open(p) as ov:
+            assert ov.format == "PNG" and ov.height >= 256
 
 
 def test_nothing_scorable_exits_2_with_the_reasons_written(artifact, tmp_path, capsys):

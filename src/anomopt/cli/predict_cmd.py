@@ -8,7 +8,7 @@ Writes into ``--out`` (replaced whole by each run, so files of two runs never mi
 - ``overlays/NNNNN_<stem>.png``: the image under its anomaly map in the category's normalized units;
 - ``masks/NNNNN_<stem>.png``: the binary anomaly mask (0 / 255) at the image's own size.
 
-Runs through the thin runtime (onnxruntime, numpy, pillow; matplotlib for overlays).
+Runs through the thin runtime only (onnxruntime, numpy, pillow; overlays are drawn with pillow, no matplotlib).
 """
 
 from __future__ import annotations
@@ -188,10 +188,10 @@ def _predict(args: argparse.Namespace, paths: list[Path], broken: list[tuple[Pat
     import numpy as np
 
     from anomopt import __version__
-    from anomopt.cli.overlay import OverlayInfo, render_overlay
     from anomopt.io import atomic_dir
     from anomopt.normalization import resolve_category
     from anomopt.runtime import Predictor
+    from anomopt.runtime.overlay import OverlayInfo, render_overlay
 
     predictor = Predictor(args.artifact)
     try:  # before any image is read: an unknown or missing --category is one line listing the known ones
