@@ -27,6 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=d.image_size, help="model input size in pixels")
     p.add_argument("--n-train", type=int, default=d.n_train, help="synthetic training images per category")
     p.add_argument("--n-test", type=int, default=d.n_test, help="synthetic test images per category")
+    p.add_argument(
+        "--val-fraction", type=float, default=d.val_fraction,
+        help="normal training images per category held out to fit the thresholds",
+    )
     p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
     p.add_argument("--qat-epochs", type=int, default=d.qat_epochs, help="quantization-aware fine-tuning epochs")
     p.add_argument("--threads", type=int, default=d.threads, help="CPU threads")
@@ -51,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
                 image_size=args.image_size,
                 n_train=args.n_train,
                 n_test=args.n_test,
+                val_fraction=args.val_fraction,
                 epochs=args.epochs,
                 qat_epochs=args.qat_epochs,
                 threads=args.threads,
