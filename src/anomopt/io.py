@@ -29,6 +29,26 @@ def _write_error(target: Path, err: OSError) -> OutputError:
 
 
 @contextmanager
+def _body_write_errors(target: Path) -> Iterator[None]:
+    """What the caller's writing hits (permissions, a full disk) becomes one OutputError naming ``target``;
+    other errors (e.g. reading an input) pass through unchanged."""
+    try:
+        yield
+    except OSError as err:
+        if isinstance(err, OutputError) or err.errno not in _WRITE_ERRNOS:
+            raise
+        raise _write_error(target, err) from None
+
+
+def _commit(target: Path, move: Any) -> None:
+    """Run the final rename(s) ``move()``; any failure there is an OutputError naming ``target``."""
+    try:
+        move()
+    except OSError as err:
+        raise _write_error(target, err) from None
+
+
+@contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success move it over ``path`` in one rename."""
     target = Path(path)
@@ -42,20 +62,18 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        try:
-            if tmp.exists():
-                tmp.chmod(file_mode())  # mkstemp makes files owner-only; outputs are meant to be shared
-            os.replace(tmp, target)
-        except OSError as err:
-            raise _write_error(target, err) from None
-    except OSError as err:
-        if isinstance(err, OutputError) or err.errno not in _WRITE_ERRNOS:
-            raise
-        raise _write_error(target, err) from None
+        with _body_write_errors(target):
+            yield tmp
+        _commit(target, lambda: _move_file(tmp, target))
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _move_file(tmp: Path, target: Path) -> None:
+    if tmp.exists():
+        tmp.chmod(file_mode())  # mkstemp makes files owner-only; outputs are meant to be shared
+    os.replace(tmp, target)
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
@@ -88,29 +106,28 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     except OSError as err:
         raise _write_error(target, err) from None
     try:
-        yield tmp
-        try:
-            tmp.chmod(dir_mode())  # mkdtemp makes the folder owner-only
-            if target.exists() or target.is_symlink():
-                old = target.with_name(f".{target.name}.old")
-                if old.is_dir() and not old.is_symlink():
-                    shutil.rmtree(old)
-                elif old.exists() or old.is_symlink():
-                    old.unlink()
-                os.replace(target, old)
-                os.replace(tmp, target)
-                if old.is_dir() and not old.is_symlink():
-                    shutil.rmtree(old, ignore_errors=True)
-                else:
-                    old.unlink()
-            else:
-                os.replace(tmp, target)
-        except OSError as err:
-            raise _write_error(target, err) from None
-    except OSError as err:
-        if isinstance(err, OutputError) or err.errno not in _WRITE_ERRNOS:
-            raise
-        raise _write_error(target, err) from None
+        with _body_write_errors(target):
+            yield tmp
+        _commit(target, lambda: _swap_dir(tmp, target))
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap_dir(tmp: Path, target: Path) -> None:
+    """Put the finished folder ``tmp`` at ``target``, the previous one (if any) moved aside and removed."""
+    tmp.chmod(dir_mode())  # mkdtemp makes the folder owner-only
+    if not (target.exists() or target.is_symlink()):
+        os.replace(tmp, target)
+        return
+    old = target.with_name(f".{target.name}.old")
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old)
+    elif old.exists() or old.is_symlink():
+        old.unlink()
+    os.replace(target, old)
+    os.replace(tmp, target)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink()

@@ -92,3 +92,11 @@ def unwritable_dir(tmp_path: Path) -> Path:
         os.close(fd)
         os.unlink(probe)
     pytest.skip("no read-only folder available to this process")
+
+
+def train_argv(data: Path, out: Path, epochs: int = 1, *extra: str) -> list[str]:
+    """``anomopt train`` arguments for a small unified STFPM run (default batch size 8) at SIZE px, FP32."""
+    return [
+        "train", "--data", str(data), "--out", str(out), "--epochs", str(epochs),
+        "--image-size", str(SIZE), "--precision", "fp32", "--quiet", *extra,
+    ]

@@ -20,8 +20,8 @@ from anomopt.data import generate_synthetic
 from anomopt.errors import CheckpointError
 from anomopt.models import build_model
 from anomopt.runtime import Predictor
+from reliability.helpers import SIZE, train_argv
 
-SIZE = 64
 SRC = Path(__file__).resolve().parents[2] / "src"
 ENV = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
 
@@ -32,26 +32,6 @@ def data(tmp_path_factory) -> Path:
     generate_synthetic(root, categories=2, n_train=6, n_test=2, image_size=SIZE, seed=0, progress=False)
     return root
 
-
-def _train_argv(data: Path, out: Path, epochs: int) -> list[str]:
-    return [
-        "train",
-        "--model",
-        "stfpm",
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--epochs",
-        str(epochs),
-        "--image-size",
-        str(SIZE),
-        "--batch-size",
-        "8",
-        "--precision",
-        "fp32",
-        "--quiet",
-    ]
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -86,7 +66,7 @@ def _assert_only_complete_checkpoint_loads(out: Path) -> dict:
 def test_train_killed_after_first_checkpoint_then_resumes(data, tmp_path, sig):
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "anomopt.cli.main", *_train_argv(data, out, 4)],
+        [sys.executable, "-m", "anomopt.cli.main", *train_argv(data, out, 4)],
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -108,7 +88,7 @@ def test_train_killed_after_first_checkpoint_then_resumes(data, tmp_path, sig):
     assert 1 <= done <= 4
     # SIGTERM: resume all the way to 4 epochs; SIGINT: one more epoch (keeps the suite fast).
     target = 4 if sig == signal.SIGTERM else min(done + 1, 4)
-    assert main([*_train_argv(data, out, target), "--resume"]) == 0
+    assert main([*train_argv(data, out, target), "--resume"]) == 0
     payload = _assert_only_complete_checkpoint_loads(out)
     assert payload["training"]["epoch"] == target
 

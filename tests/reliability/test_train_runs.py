@@ -21,25 +21,7 @@ from anomopt.cli.main import build_parser, main
 from anomopt.data import generate_synthetic
 from anomopt.errors import CheckpointError, DataError
 from anomopt.models import build_model
-from reliability.helpers import NORMALIZATION, SIZE, one_line_error, snapshot
-
-
-def _train_argv(data: Path, out: Path, epochs: int = 1, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--epochs",
-        str(epochs),
-        "--image-size",
-        str(SIZE),
-        "--precision",
-        "fp32",
-        "--quiet",
-        *extra,
-    ]
+from reliability.helpers import NORMALIZATION, SIZE, one_line_error, snapshot, train_argv
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +38,7 @@ def finished(data, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("run") / "run"
     err, std = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(std):
-        rc = main(_train_argv(data, out))
+        rc = main(train_argv(data, out))
     assert rc == 0, err.getvalue()
     return {"out": out, "stderr": err.getvalue(), "stdout": std.getvalue()}
 
@@ -67,7 +49,7 @@ def finished(data, tmp_path_factory) -> dict:
 def test_training_over_a_finished_run_is_refused(finished, data, capsys):
     out = finished["out"]
     before = snapshot(out)
-    assert main(_train_argv(data, out)) == 2
+    assert main(train_argv(data, out)) == 2
     one_line_error(capsys, str(out), "finished training run", "--resume", "--overwrite")
     assert snapshot(out) == before
 
@@ -79,7 +61,7 @@ def test_training_over_an_interrupted_run_is_refused(finished, data, tmp_path, c
     payload["training"]["complete"] = False
     torch.save(payload, out / "model.ckpt")
     before = snapshot(out)
-    assert main(_train_argv(data, out, 3)) == 2
+    assert main(train_argv(data, out, 3)) == 2
     one_line_error(capsys, "interrupted training run", "after epoch 1", "--resume")
     assert snapshot(out) == before
 
@@ -88,7 +70,7 @@ def test_training_into_a_folder_of_other_files_is_refused(data, tmp_path, capsys
     out = tmp_path / "mine"
     out.mkdir()
     (out / "thesis.tex").write_text("chapter 1")
-    assert main(_train_argv(data, out)) == 2
+    assert main(train_argv(data, out)) == 2
     one_line_error(capsys, str(out), "not an anomopt output", "--overwrite")
     assert [p.name for p in out.iterdir()] == ["thesis.tex"]
 
@@ -96,7 +78,7 @@ def test_training_into_a_folder_of_other_files_is_refused(data, tmp_path, capsys
 def test_resume_says_where_and_keeps_train_json_true(finished, data, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(finished["out"], out)
-    assert main(_train_argv(data, out, 2, "--resume")) == 0
+    assert main(train_argv(data, out, 2, "--resume")) == 0
     printed = capsys.readouterr().out
     assert f"resuming from {out / 'model.ckpt'}: 1 of 2 epochs done, continuing at epoch 2" in printed
     summary = json.loads((out / "train.json").read_text())["runs"]["unified"]
@@ -104,13 +86,13 @@ def test_resume_says_where_and_keeps_train_json_true(finished, data, tmp_path, c
     assert read_checkpoint(out / "model.ckpt")["training"]["epoch"] == 2
     # asking for fewer epochs than the checkpoint has is refused, and nothing is rewritten
     before = snapshot(out)
-    assert main(_train_argv(data, out, 1, "--resume")) == 2
+    assert main(train_argv(data, out, 1, "--resume")) == 2
     one_line_error(capsys, "has 2 epochs, more than --epochs 1")
     assert snapshot(out) == before
 
 
 def test_resume_and_overwrite_together_are_refused(finished, data, capsys):
-    assert main(_train_argv(data, finished["out"], 1, "--resume", "--overwrite")) == 2
+    assert main(train_argv(data, finished["out"], 1, "--resume", "--overwrite")) == 2
     one_line_error(capsys, "--resume", "--overwrite", "only one")
 
 
@@ -146,7 +128,7 @@ def test_edited_checkpoint_config_is_one_line(edit, words, tmp_path, capsys):
 def test_corrupt_weights_file_is_one_line(content, data, tmp_path, capsys):
     weights = tmp_path / "resnet18.pth"
     weights.write_bytes(content)
-    argv = _train_argv(data, tmp_path / "run", 1, "--backbone", "resnet18", "--weights", str(weights))
+    argv = train_argv(data, tmp_path / "run", 1, "--backbone", "resnet18", "--weights", str(weights))
     assert main(argv) == 2
     one_line_error(capsys, str(weights), "not a readable resnet18 weights file")
     assert not (tmp_path / "run").exists()  # the folder this run created is gone again
@@ -178,7 +160,7 @@ def test_constant_calibration_images_are_refused(tmp_path, capsys):
 def test_too_few_images_to_hold_out_a_threshold_set_are_refused(tmp_path, capsys):
     root = tmp_path / "data"
     generate_synthetic(root, categories=["fabric"], n_train=4, n_test=2, image_size=SIZE, progress=False)
-    assert main(_train_argv(root, tmp_path / "run")) == 2
+    assert main(train_argv(root, tmp_path / "run")) == 2
     one_line_error(capsys, "fabric", "4 normal training image(s)", "5 are held out", "add normal images")
     assert not (tmp_path / "run" / "model.ckpt").exists()
 
@@ -192,7 +174,7 @@ def test_validation_holds_out_at_least_five_images(finished):
 
 @pytest.mark.parametrize("value", ["1.0", "-0.1", "0"])
 def test_val_fraction_out_of_range_is_one_line(value, data, tmp_path, capsys):
-    assert main(_train_argv(data, tmp_path / "run", 1, "--val-fraction", value)) == 2
+    assert main(train_argv(data, tmp_path / "run", 1, "--val-fraction", value)) == 2
     one_line_error(capsys, "--val-fraction must be in (0, 1)", value, "threshold")
 
 
