@@ -5,6 +5,7 @@ from anomopt.passes.calibrate import Calibrate
 from anomopt.passes.fake_quant import InsertFakeQuant
 from anomopt.passes.fold_bn import FoldBatchNorm
 from anomopt.passes.gate import AccuracyGate
+from anomopt.passes.latency_precision import LatencyAwarePrecision
 from anomopt.passes.manager import PassManager, PipelineReport
 from anomopt.passes.mixed_precision import AutoMixedPrecision
 from anomopt.passes.pipeline import Pipeline, available_pipelines, load_pipeline, pipeline_path
@@ -12,7 +13,8 @@ from anomopt.passes.prune import Prune
 from anomopt.passes.qat import QATFineTune
 from anomopt.passes.registry import PASS_REGISTRY, register_pass, resolve_pass
 
-for _cls in (FoldBatchNorm, Prune, InsertFakeQuant, Calibrate, AutoMixedPrecision, QATFineTune, AccuracyGate):
+for _cls in (FoldBatchNorm, Prune, InsertFakeQuant, Calibrate, AutoMixedPrecision, QATFineTune, AccuracyGate,
+             LatencyAwarePrecision):
     register_pass(_cls)
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "Calibrate",
     "FoldBatchNorm",
     "InsertFakeQuant",
+    "LatencyAwarePrecision",
     "Pass",
     "PassContext",
     "PassManager",
