@@ -88,10 +88,11 @@ def test_measure_tiny_shapes():
 
 
 def _chain() -> tuple[onnx.ModelProto, dict[str, ConvShape]]:
-    """x -> pw (16->32) -> dw (32) -> pw2 (32->16) -> y, all student nodes, 8x8."""
+    """x -> pw (16->32) -> dw (32) -> pw2 (32->16) -> out (16->16) -> y, all student nodes, 8x8."""
     rng = np.random.default_rng(0)
     inits, nodes = [], []
-    specs = [("/student/pw", 16, 32, 1, 1), ("/student/dw", 32, 32, 3, 32), ("/student/pw2", 32, 16, 1, 1)]
+    specs = [("/student/pw", 16, 32, 1, 1), ("/student/dw", 32, 32, 3, 32), ("/student/pw2", 32, 16, 1, 1),
+             ("/student/out", 16, 16, 1, 1)]
     prev = "x"
     for name, cin, cout, k, g in specs:
         w = numpy_helper.from_array(rng.standard_normal((cout, cin // g, k, k)).astype(np.float32), f"{name}.w")
@@ -106,27 +107,35 @@ def _chain() -> tuple[onnx.ModelProto, dict[str, ConvShape]]:
     return proto, shapes
 
 
+def _cost(dw_int8: float, q: float = 0.0, dq: float = 0.0) -> CostModel:
+    pw2, out = ConvShape(32, 16, 1, 1, 1, 8, 8), ConvShape(16, 16, 1, 1, 1, 8, 8)
+    return _table({PW: (100.0, 40.0), DW: (10.0, dw_int8), pw2: (100.0, 40.0), out: (50.0, 5.0)}, q, dq)
+
+
 def test_plan_keeps_depthwise_fp32_where_int8_loses():
     proto, shapes = _chain()
-    pw2 = shapes["/student/pw2"]
-    cost = _table({PW: (100.0, 40.0), DW: (10.0, 30.0), pw2: (100.0, 40.0)})  # free conversions
-    plan = plan_precision(proto, shapes, list(shapes), cost)
-    assert plan.int8 == {"/student/pw", "/student/pw2"}
-    dw = next(r for r in plan.layers if r["node"] == "/student/dw")
-    assert dw["choice"] == "fp32" and "would add 20.0 us" in dw["reason"]
-    assert plan.estimate_us == pytest.approx(90.0) and plan.all_int8_us == pytest.approx(110.0)
+    # free conversions; INT8 depthwise 90 us slower: worth more than the pointwise before it gains (60 us),
+    # which runs as a float conv once only the float depthwise reads it
+    plan = plan_precision(proto, shapes, list(shapes), _cost(dw_int8=100.0))
+    assert plan.int8 == {"/student/pw2", "/student/out"}
+    by_node = {r["node"]: r for r in plan.layers}
+    assert by_node["/student/dw"]["choice"] == "fp32" and by_node["/student/pw"]["choice"] == "fp32"
+    assert by_node["/student/pw2"]["kernel"] == "integer"
+    # the last conv feeds the float output: it runs as a float conv on its quantized input (at FP32 cost)
+    assert by_node["/student/out"]["kernel"] == "float" and "float conv" in by_node["/student/out"]["reason"]
+    assert plan.estimate_us == pytest.approx(100 + 10 + 40 + 50)
+    assert plan.all_int8_us == pytest.approx(40 + 100 + 40 + 50)
+    # a smaller depthwise loss does not pay for the pointwise's: everything stays INT8
+    assert plan_precision(proto, shapes, list(shapes), _cost(dw_int8=30.0)).int8 == set(shapes)
 
 
 def test_plan_counts_the_conversions_a_choice_adds():
     proto, shapes = _chain()
-    pw2 = shapes["/student/pw2"]
-    # the depthwise loses 20 us in INT8, but as FP32 it costs a DQ + Q of 2048 elements (2 x 2048 x 10 ns)
-    cost = _table({PW: (100.0, 40.0), DW: (10.0, 30.0), pw2: (100.0, 40.0)}, q=10.0, dq=10.0)
-    plan = plan_precision(proto, shapes, list(shapes), cost)
+    # as above, but each conversion costs 10 ns per element: dw FP32 would add a DQ + Q of 2048 elements
+    plan = plan_precision(proto, shapes, list(shapes), _cost(dw_int8=100.0, q=10.0, dq=10.0))
     assert plan.int8 == set(shapes)
     # conversions dearer than any INT8 gain: everything stays FP32
-    costly = _table({PW: (100.0, 40.0), DW: (10.0, 30.0), pw2: (100.0, 40.0)}, q=100.0, dq=100.0)
-    assert plan_precision(proto, shapes, list(shapes), costly).int8 == set()
+    assert plan_precision(proto, shapes, list(shapes), _cost(dw_int8=30.0, q=100.0, dq=100.0)).int8 == set()
 
 
 def test_latency_aware_pass_on_a_synthetic_table(tmp_path):
@@ -136,17 +145,26 @@ def test_latency_aware_pass_on_a_synthetic_table(tmp_path):
     ctx = PassContext(calib_images=images[:16], held_images=images[16:])
     graph, _ = PassManager([InsertFakeQuant(scope="all"), Calibrate(method="max")]).run(graph, ctx)
     stem, second = ConvShape(3, 8, 3, 2, 1, 32, 32), ConvShape(8, 16, 3, 2, 1, 16, 16)
-    path = tmp_path / "cm.json"
-    _table({stem: (10.0, 50.0), second: (100.0, 10.0)}).save(path)  # INT8 loses on the stem only
-    out = LatencyAwarePrecision(cost_model=str(path), max_map_drift=10.0, max_score_drift=10.0).run(graph, ctx)
     stems = {"teacher.block1.0", "student.block1.0"}
-    assert set(out.meta["kept_fp"]) == stems
-    assert all(not out.module(n).input_quantizer.enabled for n in stems)
-    assert all(out.module(n).input_quantizer.enabled for n in ("teacher.block2.0", "student.block2.0"))
+    lasts = {"teacher.block2.0", "student.block2.0"}
+    # block2 is the last conv of each role: only the float distance reads it, so it runs as a float conv
+    # whatever the table says; block1 is an integer conv when block2's input is quantized
+    path = tmp_path / "fast.json"
+    _table({stem: (50.0, 10.0), second: (100.0, 10.0)}).save(path)
+    out = LatencyAwarePrecision(cost_model=str(path), max_map_drift=10.0, max_score_drift=10.0).run(graph, ctx)
+    assert out.meta["kept_fp"] == []
+    kernels = {r["layer"]: r["kernel"] for r in out.meta["last_pass_notes"]["layers"]}
+    assert kernels == {**dict.fromkeys(stems, "integer"), **dict.fromkeys(lasts, "float")}
+    # INT8 loses on the stem: nothing is left that would run as an integer conv, so all stay FP32
+    path = tmp_path / "slow.json"
+    _table({stem: (10.0, 50.0), second: (100.0, 10.0)}).save(path)
+    graph2 = capture(ToyKD(seed=3).eval(), images[:1])
+    graph2, _ = PassManager([InsertFakeQuant(scope="all"), Calibrate(method="max")]).run(graph2, ctx)
+    out = LatencyAwarePrecision(cost_model=str(path), max_map_drift=10.0, max_score_drift=10.0).run(graph2, ctx)
+    assert set(out.meta["kept_fp"]) == stems | lasts
+    assert all(not out.module(n).input_quantizer.enabled for n in stems | lasts)
     notes = out.meta["last_pass_notes"]
-    assert {r["layer"]: r["choice"] for r in notes["layers"]} == {
-        "teacher.block1.0": "fp32", "student.block1.0": "fp32", "teacher.block2.0": "int8", "student.block2.0": "int8"
-    }
+    assert {r["layer"]: r["choice"] for r in notes["layers"]} == dict.fromkeys(stems | lasts, "fp32")
     assert notes["fp32_for_accuracy"] == []
     with pytest.raises(ConfigError, match="unknown options"):
         LatencyAwarePrecision(cost_models="x").run(graph, ctx)

@@ -2,7 +2,9 @@
 
 The estimate of a plan (the set of convs run in INT8) on an FP32 ONNX graph:
 
-- every candidate conv at its INT8 or FP32 cost (:meth:`CostModel.conv_us`);
+- every candidate conv at its INT8 or FP32 cost (:meth:`CostModel.conv_us`); an INT8 conv whose output
+  only float nodes read (the last layer before the distance) runs as a float conv on dequantized inputs
+  in ONNX Runtime, so it costs its FP32 time;
 - the glue ops the lowering quantizes with them (``_useful_glue``: Add / Concat / Resize / ... between
   quantized convs) run in integer form at no extra cost;
 - every tensor entering the quantized region from a float producer pays one ``QuantizeLinear`` and every
@@ -73,8 +75,16 @@ class _Estimator:
         self.fp32 = {n: cost.conv_us(s, "fp32") for n, s in shapes.items()}
         self.int8 = {n: cost.conv_us(s, "int8") for n, s in shapes.items()}
 
+    def quantized(self, int8: set[str]) -> set[str]:
+        return set(int8) | self._glue(self.proto, set(int8), self.roles)
+
+    def float_output(self, conv: str, quantized: set[str]) -> bool:
+        """A conv whose output only float nodes read has no output quantization, so ONNX Runtime runs it as
+        a float conv on dequantized inputs (the lowering keeps float consumers float)."""
+        return not any(c in quantized for t in self.outs[conv] for c in self.consumers.get(t, []))
+
     def conversions(self, int8: set[str]) -> tuple[float, int, int]:
-        quantized = set(int8) | self._glue(self.proto, set(int8), self.roles)
+        quantized = self.quantized(int8)
         q_elems = dq_elems = 0
         entering: set[str] = set()
         leaving: set[str] = set()
@@ -90,7 +100,11 @@ class _Estimator:
         return self.cost.quantize_us(q_elems) + self.cost.dequantize_us(dq_elems), q_elems, dq_elems
 
     def total(self, int8: set[str], candidates: Iterable[str]) -> float:
-        convs = sum(self.int8[c].us if c in int8 else self.fp32[c].us for c in candidates)
+        quantized = self.quantized(int8)
+        convs = sum(
+            self.int8[c].us if c in int8 and not self.float_output(c, quantized) else self.fp32[c].us
+            for c in candidates
+        )
         return convs + self.conversions(int8)[0]
 
 
@@ -125,11 +139,24 @@ def plan_precision(
     a, va = _improve(est, set(cands), cands)
     b, vb = _improve(est, set(), cands)
     chosen, value = (a, va) if va <= vb else (b, vb)
+    changed = True
+    while changed:  # drop INT8 convs that run as float convs anyway when that costs nothing (less rounding)
+        changed = False
+        for c in sorted(chosen):
+            if est.float_output(c, est.quantized(chosen)) and est.total(chosen - {c}, cands) <= value + 1e-9:
+                chosen = chosen - {c}
+                value = est.total(chosen, cands)
+                changed = True
     layers = []
     for c in cands:
         flipped = est.total(chosen ^ {c}, cands) - value  # >= 0 at a local optimum
         choice = "int8" if c in chosen else "fp32"
         other = "fp32" if choice == "int8" else "int8"
+        reason = f"{other} would add {flipped:.1f} us with its Q/DQ conversions"
+        runs_float = choice == "int8" and est.float_output(c, est.quantized(chosen))
+        if runs_float:
+            reason += ("; only float nodes read its output, so it runs as a float conv on its quantized input, "
+                       "which lets its producer run as an integer conv")
         layers.append({
             "node": c,
             "shape": shapes[c].key(),
@@ -137,6 +164,7 @@ def plan_precision(
             "int8_us": round(est.int8[c].us, 2),
             "rule": est.int8[c].rule,
             "choice": choice,
-            "reason": f"{other} would add {flipped:.1f} us with its Q/DQ conversions",
+            "kernel": "float" if choice == "fp32" or runs_float else "integer",
+            "reason": reason,
         })
     return PrecisionPlan(chosen, value, all_int8, all_fp32, layers)
