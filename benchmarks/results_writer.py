@@ -312,3 +312,19 @@ def write_section(key: str, title: str, script: str, body: str, run: RunInfo, *,
         text = _with_index(text, path)
         _write_atomic(path, text)
         return _archive(path, key, replaced, run) if replaced else None
+
+
+def publish(args: argparse.Namespace, key: str, title: str, script: str, body: str, run: RunInfo, *,
+            part: Sequence[str] | str | None = None, part_title: str | None = None) -> str:
+    """What every script does with its section: print it, and unless ``--no-write`` replace it in
+    ``--results`` (:func:`write_section`). Returns the printed text."""
+    run.finish()
+    text = f"{run.header()}\n\n{body.strip(chr(10))}\n"
+    print(text, flush=True)
+    if not getattr(args, "no_write", False):
+        archived = write_section(key, title, script, body, run, part=part, part_title=part_title,
+                                 path=args.results)
+        where = f"; the replaced text went to {archived}" if archived else ""
+        print(f"wrote section {key}{'/' + (part if isinstance(part, str) else ','.join(part)) if part else ''} "
+              f"of {args.results}{where}", file=sys.stderr, flush=True)
+    return text
