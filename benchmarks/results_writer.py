@@ -22,7 +22,8 @@ also replaces the parts whose items are all among its own (a run over ``stfpm,rd
 ``stfpm,rd`` and ``us``).
 
 Every script takes the same two flags (:func:`add_args`): ``--results PATH`` and ``--no-write``
-(``--no-append`` is kept as a hidden alias). Standard library only, so tests import it cheaply.
+(``--no-append`` is kept as a hidden alias). Standard library and ``anomopt.errors`` only, so tests
+import it cheaply.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from anomopt.errors import ConfigError, DataError
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -167,27 +170,34 @@ class Block:
     script: str = ""
 
 
-def _closing(text: str, opening_end: int, closer: str, what: str, path: Path) -> int:
-    at = text.find(closer, opening_end)
+def _closing(text: str, opening_end: int, limit: int, closer: str, what: str, path: Path) -> int:
+    """End of the block whose opening marker ends at ``opening_end``: its closer must come before ``limit``
+    (the next block's opening marker), so a lost closer never swallows the next block."""
+    at = text.find(closer, opening_end, limit)
     if at < 0:
-        raise ValueError(f"{path}: {what} has no closing {closer}; restore it or move the section out")
+        raise DataError(f"{path}: {what} has no closing {closer} before the next marker; restore it")
     return at + len(closer)
+
+
+def _blocks(text: str, pattern: re.Pattern[str], start: int, end: int, closer: str, what: str,
+            path: Path) -> list[Block]:
+    found = list(pattern.finditer(text, start, end))
+    out = []
+    for i, m in enumerate(found):
+        limit = found[i + 1].start() if i + 1 < len(found) else end
+        out.append(Block(m["key"], m.start(), _closing(text, m.end(), limit, closer, f"{what} {m['key']}", path),
+                         m.groupdict().get("script") or ""))
+    return out
 
 
 def sections(text: str, path: Path = RESULTS) -> list[Block]:
     """The marked sections of a RESULTS.md text, in file order."""
-    out = []
-    for m in _SECTION_RE.finditer(text):
-        out.append(Block(m["key"], m.start(), _closing(text, m.end(), SECTION_END, f"section {m['key']}", path),
-                         m["script"]))
-    return out
+    return _blocks(text, _SECTION_RE, 0, len(text), SECTION_END, "section", path)
 
 
 def parts(text: str, section: Block, path: Path = RESULTS) -> list[Block]:
     """The marked parts inside one section."""
-    body = text[: section.end]
-    return [Block(m["key"], m.start(), _closing(body, m.end(), PART_END, f"part {m['key']}", path))
-            for m in _PART_RE.finditer(body, section.start, section.end)]
+    return _blocks(text, _PART_RE, section.start, section.end, PART_END, "part", path)
 
 
 def _title(text: str, block: Block) -> str:
@@ -273,10 +283,10 @@ def write_section(key: str, title: str, script: str, body: str, run: RunInfo, *,
     when nothing was replaced)."""
     path = Path(path)
     if not _KEY_RE.match(key):
-        raise ValueError(f"section key {key!r}: use letters, digits, '.', '_' or '-'")
+        raise ConfigError(f"section key {key!r}: use letters, digits, '.', '_' or '-'")
     part_key = ",".join(part) if part is not None and not isinstance(part, str) else part
     if part_key is not None and (not part_key or not re.match(r"^[^>\s]+$", part_key)):
-        raise ValueError(f"part {part_key!r}: a comma list of names without spaces")
+        raise ConfigError(f"part {part_key!r}: a comma list of names without spaces")
     run.finish()
     content = f"{run.header()}\n\n{body.strip(chr(10))}\n"
     if part_key is not None:
