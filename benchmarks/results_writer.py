@@ -252,6 +252,7 @@ def _write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp makes it 0600
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -320,8 +321,9 @@ def write_section(key: str, title: str, script: str, body: str, run: RunInfo, *,
                         gap = "\n" if rest.startswith(SECTION_END) else "\n\n"
                         text = text[:p.start].rstrip("\n") + gap + rest
         text = _with_index(text, path)
+        archived = _archive(path, key, replaced, run) if replaced else None  # first: nothing is ever lost
         _write_atomic(path, text)
-        return _archive(path, key, replaced, run) if replaced else None
+        return archived
 
 
 def publish(args: argparse.Namespace, key: str, title: str, script: str, body: str, run: RunInfo, *,

@@ -57,6 +57,7 @@ def test_new_file_has_preamble_index_and_sections(results: Path) -> None:
     assert "- run: 2026-12-07 20:00 UTC; Test CPU, 2 logical CPUs; threads: 1; load average 1.00, 2.00, 3.00 " \
            "at the start, 1.50, 2.50, 3.50 at the end" in alpha
     assert not (results.parent / "history").exists()  # nothing was replaced yet
+    assert results.stat().st_mode & 0o777 == 0o644  # readable like any other file (not mkstemp's 0600)
 
 
 def test_replacing_a_section_keeps_the_others_byte_identical_and_archives_it(results: Path) -> None:
