@@ -10,19 +10,19 @@ interleaved rounds at ``--threads`` threads; every variant's map is compared wit
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+import results_writer as rw  # noqa: E402
 from anomopt.bench import cpu_info  # noqa: E402
 from anomopt.cost.measure import _median_us, session  # noqa: E402
 from anomopt.models.base import MapHead  # noqa: E402
@@ -65,10 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--budget", type=float, default=0.3, help="seconds per timing loop")
+    rw.add_args(parser)
     args = parser.parse_args(argv)
+    run = rw.RunInfo.start(__file__, args.threads, argv)
+    out: list[str] = []
     torch.manual_seed(0)
     size = args.image_size
-    chans = (40, 112, 320) if False else (24, 40, 112)
+    chans = (24, 40, 112)  # EfficientNet-Lite0's taps at strides 4, 8, 16
     feats = [torch.randn(1, c, size // st, size // st) for c, st in zip(chans, (4, 8, 16), strict=True)]
     studs = [f + 0.3 * torch.randn_like(f) for f in feats]
     inputs = feats + studs
@@ -90,16 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.rounds):
         for label, sess in sessions.items():
             best[label] = min(best[label], _median_us(lambda s=sess: s.run(None, feed), args.budget))
-    print(f"# head variants, {size} px, {args.threads} threads, {info['model']}, load {info['loadavg']} "
+    out.append(f"- head variants, {size} px, {args.threads} threads, {info['model']}, load {info['loadavg']} "
           f"-> {cpu_info()['loadavg']}; best median of {args.rounds} interleaved rounds")
-    print("| variant | us | vs reference | max rel. diff of the map vs the reference (ONNX) |")
-    print("|---|---:|---:|---:|")
+    out.append("| variant | us | vs reference | max rel. diff of the map vs the reference (ONNX) |")
+    out.append("|---|---:|---:|---:|")
     for label in sessions:
         model = label.split(":")[0]
         ref = outs[f"{model}: reference"]
         diff = float(np.abs(outs[label] - ref).max() / np.abs(ref).max())
-        print(f"| {label} | {best[label]:.0f} | {best[f'{model}: reference'] / best[label]:.2f}x | {diff:.1e} |")
-    _ = io
+        ratio = best[f"{model}: reference"] / best[label]
+        out.append(f"| {label} | {best[label]:.0f} | {ratio:.2f}x | {diff:.1e} |")
+    rw.publish(args, "head", "FP32 head formulations in ONNX Runtime", "benchmarks/head_variants.py",
+               "\n".join(out), run)
     return 0
 
 

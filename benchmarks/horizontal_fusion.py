@@ -21,10 +21,11 @@ import sys
 from collections import Counter
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+import results_writer as rw  # noqa: E402
 from anomopt.bench import cpu_info  # noqa: E402
 from anomopt.cost.measure import _median_us, _model, _same_pads, session  # noqa: E402
 from anomopt.cost.model import ConvShape  # noqa: E402
@@ -88,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--budget", type=float, default=0.1)
+    rw.add_args(parser)
     args = parser.parse_args(argv)
+    run = rw.RunInfo.start(__file__, args.threads, argv)
+    out: list[str] = []
     from anomopt.cli.profile_cmd import model_conv_shapes
     from anomopt.models import build_model
 
@@ -111,16 +115,18 @@ def main(argv: list[str] | None = None) -> int:
                 totals[(prec, k)] += pairs * v
                 row[f"{prec} {k}"] = v
         rows.append(row)
-    print(f"# horizontal fusion probe: STFPM {args.image_size} px conv shapes, {args.threads} threads, "
+    out.append(f"- horizontal fusion probe: STFPM {args.image_size} px conv shapes, {args.threads} threads, "
           f"{info['model']}, load {info['loadavg']} -> {cpu_info()['loadavg']}")
-    print("| shape | fp32 twin us | fp32 fused us | int8 twin us | int8 fused us |")
-    print("|---|---:|---:|---:|---:|")
+    out.append("| shape | fp32 twin us | fp32 fused us | int8 twin us | int8 fused us |")
+    out.append("|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['shape']} | {r['fp32 twin']:.0f} | {r['fp32 fused']:.0f} | {r['int8 twin']:.0f} | "
+        out.append(f"| {r['shape']} | {r['fp32 twin']:.0f} | {r['fp32 fused']:.0f} | {r['int8 twin']:.0f} | "
               f"{r['int8 fused']:.0f} |")
     for prec in ("fp32", "int8"):
         t, f = totals[(prec, "twin")], totals[(prec, "fused")]
-        print(f"{prec}: twin convs {t / 1000:.2f} ms, fused {f / 1000:.2f} ms, fused/twin {f / t:.2f}")
+        out.append(f"{prec}: twin convs {t / 1000:.2f} ms, fused {f / 1000:.2f} ms, fused/twin {f / t:.2f}")
+    rw.publish(args, "horizontal-fusion", "Horizontal fusion probe: teacher + student as grouped convs",
+               "benchmarks/horizontal_fusion.py", "\n".join(out), run)
     return 0
 
 
