@@ -168,3 +168,13 @@ def test_latency_aware_pass_on_a_synthetic_table(tmp_path):
     assert notes["fp32_for_accuracy"] == []
     with pytest.raises(ConfigError, match="unknown options"):
         LatencyAwarePrecision(cost_models="x").run(graph, ctx)
+
+
+def test_cpu_int8_fast_pipeline_is_shipped():
+    import anomopt.api  # noqa: F401  (registers the 'lower' pass)
+    from anomopt.passes import load_pipeline, pipeline_path
+
+    pipeline = load_pipeline(pipeline_path("cpu", 8, "fast"))
+    names = [p.name for p in pipeline.passes]
+    assert names == ["fold_batchnorm", "insert_fake_quant", "calibrate", "latency_aware_precision", "lower"]
+    assert pipeline.passes[1].options["scope"] == "all"
