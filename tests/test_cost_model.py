@@ -178,3 +178,16 @@ def test_cpu_int8_fast_pipeline_is_shipped():
     names = [p.name for p in pipeline.passes]
     assert names == ["fold_batchnorm", "insert_fake_quant", "calibrate", "latency_aware_precision", "lower"]
     assert pipeline.passes[1].options["scope"] == "all"
+
+
+def test_in_graph_profile_times_every_conv_of_a_tiny_model(tmp_path):
+    from anomopt.cost.ingraph import profile_in_graph
+    from anomopt.targets.onnx_export import export_onnx
+
+    exp = export_onnx(ToyKD(seed=1).eval(), tmp_path / "toy.onnx")
+    shapes = set(conv_shapes_of_onnx(onnx.load(str(exp.path))).values())
+    got = profile_in_graph(exp.path, 32, threads=1, runs=2, rounds=1)
+    assert set(got) == shapes == {ConvShape(3, 8, 3, 2, 1, 32, 32), ConvShape(8, 16, 3, 2, 1, 16, 16)}
+    assert all(v["fp32"] > 0 and v["int8"] > 0 for v in got.values())
+    model = measure_cost_model(shapes, threads=1, budget_s=0.01, rounds=1, in_graph=got)
+    assert model.convs == got and model.meta["in_graph_shapes"] == 2

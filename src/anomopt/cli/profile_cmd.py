@@ -31,14 +31,20 @@ def register(subparsers: Any) -> None:
     p.add_argument("--models", default=None,
                    help="comma-separated model names (stfpm,rd,us) on the default backbone whose shapes to take")
     p.add_argument("--image-sizes", default="256", help="comma-separated input sizes for --models (default: 256)")
+    p.add_argument("--probe-only", action="store_true",
+                   help="time every shape as a one-conv model only (default with --models / --checkpoint: time "
+                   "each conv inside the model's own FP32 and all-INT8 graphs with ONNX Runtime's profiler)")
+    p.add_argument("--runs", type=int, default=30, help="in-graph profiled runs per round (default: 30)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads (default: 2)")
     p.add_argument("--budget", type=float, default=0.15, help="seconds per timing loop (default: 0.15)")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds, best kept (default: 2)")
     p.set_defaults(func=run_profile)
 
 
-def model_conv_shapes(model: Any, image_size: int | None = None) -> list[Any]:
-    """The conv shapes of ``model``'s FP32 ONNX graph (exported to a temporary folder)."""
+def model_conv_shapes(model: Any, image_size: int | None = None, in_graph: dict | None = None,
+                      threads: int = 2, runs: int = 30, rounds: int = 2) -> list[Any]:
+    """The conv shapes of ``model``'s FP32 ONNX graph (exported to a temporary folder); with ``in_graph`` (a
+    dict), also time each conv in context (:func:`anomopt.cost.ingraph.profile_in_graph`) into it."""
     import onnx
 
     from anomopt.cost.measure import conv_shapes_of_onnx
@@ -46,6 +52,11 @@ def model_conv_shapes(model: Any, image_size: int | None = None) -> list[Any]:
 
     with tempfile.TemporaryDirectory(prefix="anomopt-profile-") as tmp:
         exp = export_onnx(model, Path(tmp) / "model.onnx", image_size=image_size)
+        if in_graph is not None:
+            from anomopt.cost.ingraph import profile_in_graph
+
+            for shape, entry in profile_in_graph(exp.path, exp.image_size, threads, runs, rounds).items():
+                in_graph.setdefault(shape, entry)
         return list(conv_shapes_of_onnx(onnx.load(str(exp.path))).values())
 
 
@@ -54,14 +65,17 @@ def run_profile(args: argparse.Namespace) -> int:
     from anomopt.cost.measure import measure_cost_model
     from anomopt.cost.model import load_cost_model
 
-    if args.threads <= 0 or args.budget <= 0 or args.rounds <= 0:
-        raise ConfigError("--threads, --budget and --rounds must be positive")
+    if args.threads <= 0 or args.budget <= 0 or args.rounds <= 0 or args.runs <= 0:
+        raise ConfigError("--threads, --budget, --rounds and --runs must be positive")
     shapes: list[Any] = []
+    in_graph: dict | None = None if args.probe_only else {}
+    graph_opts = {"in_graph": in_graph, "threads": args.threads, "runs": args.runs, "rounds": args.rounds}
     for ckpt in args.checkpoint:
         from anomopt.checkpoint import load_checkpoint
 
         model, _ = load_checkpoint(ckpt)
-        shapes += model_conv_shapes(model)
+        print(f"profile: {ckpt}", file=sys.stderr)
+        shapes += model_conv_shapes(model, **graph_opts)
     if args.models:
         from anomopt.models import build_model
 
@@ -71,13 +85,14 @@ def run_profile(args: argparse.Namespace) -> int:
             raise ConfigError(f"--image-sizes: comma-separated integers, not {args.image_sizes!r}") from None
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
             for size in sizes:
-                shapes += model_conv_shapes(build_model(name, image_size=size), size)
+                print(f"profile: {name} at {size} px", file=sys.stderr)
+                shapes += model_conv_shapes(build_model(name, image_size=size), size, **graph_opts)
     if not shapes:
         shapes = list(load_cost_model().convs)  # re-measure the shipped shapes on this CPU
     unique = sorted(set(shapes))
     print(f"profile: {len(unique)} conv shapes, {args.threads} threads", file=sys.stderr)
     model = measure_cost_model(unique, threads=args.threads, budget_s=args.budget, rounds=args.rounds,
-                               log=lambda m: print(m, file=sys.stderr))
+                               log=lambda m: print(m, file=sys.stderr), in_graph=in_graph or None)
     argv = " ".join(sys.argv[1:]) if sys.argv and "profile" in sys.argv else "profile"
     model.meta["command"] = f"anomopt {argv[argv.find('profile'):]}"
     model.save(args.out)

@@ -179,10 +179,13 @@ def measure_cost_model(
     budget_s: float = 0.15,
     rounds: int = 2,
     log: Callable[[str], None] | None = None,
+    in_graph: dict[ConvShape, dict[str, float]] | None = None,
 ) -> CostModel:
     """Time every shape in FP32 and INT8 (``rounds`` alternating rounds of ``budget_s`` each, keeping the
     smaller median: the least disturbed by other load) and the per-element costs of Q, DQ and the layout
-    changes; a conv's time excludes the run overhead and the layout ops at its own edges (see the module doc)."""
+    changes; a conv's time excludes the run overhead and the layout ops at its own edges (see the module doc).
+    ``in_graph``: per-shape times measured in context (:mod:`anomopt.cost.ingraph`), which replace the
+    one-conv probes of those shapes (the probes still give the Q/DQ and layout costs)."""
     import tempfile
     from pathlib import Path
 
@@ -213,6 +216,9 @@ def measure_cost_model(
     convs: dict[ConvShape, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="anomopt-profile-") as tmp:
         for i, shape in enumerate(shapes):
+            if in_graph and shape in in_graph:
+                convs[shape] = dict(in_graph[shape])
+                continue
             models = dict(zip(("fp32", "int8"), conv_models(shape), strict=True))
             runners, layout_us = {}, {}
             for p, model in models.items():
@@ -240,7 +246,11 @@ def measure_cost_model(
         "layout_ns_per_elem": {"reorder_f32": round(per_elem["reorder_f32"], 4),
                                "transpose_u8": round(per_elem["transpose_u8"], 4)},
         "int8": "QDQ U8S8, per-channel int8 weights (fused to QLinearConv), uint8 in and out",
-        "method": f"median of session.run over {budget_s}s, best of {rounds} alternating rounds, minus the run "
+        "in_graph_shapes": len([s for s in shapes if in_graph and s in in_graph]),
+        "method": ("shapes of the given models: ONNX Runtime's profiler on their FP32 graph and on the graph with "
+                   "every conv QDQ INT8, per-conv kernel time in context, best of rounds, averaged per shape; "
+                   "other shapes: " if in_graph else "")
+        + f"median of session.run over {budget_s}s, best of {rounds} alternating rounds, minus the run "
         "overhead and the layout ops (NCHWc reorders / NHWC transposes) at the conv's own edges",
         "fallback": "unmeasured shape: nearest measured shape of the same kernel/stride/depthwise kind in log-MACs, "
         "scaled by the MAC ratio; no such kind: MACs / median MAC rate of that precision",
