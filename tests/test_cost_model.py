@@ -187,7 +187,10 @@ def test_in_graph_profile_times_every_conv_of_a_tiny_model(tmp_path):
     exp = export_onnx(ToyKD(seed=1).eval(), tmp_path / "toy.onnx")
     shapes = set(conv_shapes_of_onnx(onnx.load(str(exp.path))).values())
     got = profile_in_graph(exp.path, 32, threads=1, runs=2, rounds=1)
-    assert set(got) == shapes == {ConvShape(3, 8, 3, 2, 1, 32, 32), ConvShape(8, 16, 3, 2, 1, 16, 16)}
-    assert all(v["fp32"] > 0 and v["int8"] > 0 for v in got.values())
+    stem, last = ConvShape(3, 8, 3, 2, 1, 32, 32), ConvShape(8, 16, 3, 2, 1, 16, 16)
+    assert shapes == {stem, last}
+    # the last conv of each role feeds only the float distance: ORT runs it as a float conv, so it has no
+    # INT8 time in the graph and is left to the one-conv probe
+    assert set(got) == {stem} and got[stem]["fp32"] > 0 and got[stem]["int8"] > 0
     model = measure_cost_model(shapes, threads=1, budget_s=0.01, rounds=1, in_graph=got)
-    assert model.convs == got and model.meta["in_graph_shapes"] == 2
+    assert model.convs[stem] == got[stem] and model.convs[last]["int8"] > 0 and model.meta["in_graph_shapes"] == 1

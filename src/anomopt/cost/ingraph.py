@@ -91,9 +91,10 @@ def _conv_of(proto: onnx.ModelProto) -> Callable[[str], str | None]:
 
 
 def conv_kernel_us(model_path: str | os.PathLike[str], reference: onnx.ModelProto, threads: int = 2,
-                   runs: int = 30, seed: int = 0) -> dict[str, float]:
+                   runs: int = 30, seed: int = 0, integer_only: bool = False) -> dict[str, float]:
     """Mean kernel time (us) per conv node of ``reference`` (the FP32 graph) when ``model_path`` runs,
-    from ONNX Runtime's profiler over ``runs`` batch-1 runs after warm-up."""
+    from ONNX Runtime's profiler over ``runs`` batch-1 runs after warm-up. ``integer_only``: only convs that
+    ran as ``QLinearConv`` (an INT8 conv that only float nodes read runs as a float conv: not its INT8 cost)."""
     lookup = _conv_of(reference)
     with tempfile.TemporaryDirectory(prefix="anomopt-ingraph-") as tmp:
         so = ort.SessionOptions()
@@ -120,6 +121,8 @@ def conv_kernel_us(model_path: str | os.PathLike[str], reference: onnx.ModelProt
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
             continue
         conv = lookup(e["name"][: -len("_kernel_time")])
+        if integer_only and e.get("args", {}).get("op_name") != "QLinearConv":
+            continue
         if conv is not None:
             totals[conv] = totals.get(conv, 0.0) + float(e["dur"])
     return {k: v / (runs + 3) for k, v in totals.items()}
@@ -129,7 +132,8 @@ def profile_in_graph(fp32_path: str | os.PathLike[str], image_size: int, threads
                      rounds: int = 2) -> dict[ConvShape, dict[str, float]]:
     """``{shape: {"fp32": us, "int8": us}}`` of every conv shape of the FP32 ONNX at ``fp32_path``, timed in
     context (this module's doc); several convs of one shape are averaged; the best of ``rounds``
-    alternating rounds is kept per conv."""
+    alternating rounds is kept per conv. INT8 times count only convs ONNX Runtime ran as ``QLinearConv``; a
+    shape with none is left out (the caller probes it)."""
     reference = onnx.load(str(fp32_path))
     shapes = conv_shapes_of_onnx(reference)
     with tempfile.TemporaryDirectory(prefix="anomopt-ingraph-") as tmp:
@@ -138,7 +142,8 @@ def profile_in_graph(fp32_path: str | os.PathLike[str], image_size: int, threads
         best: dict[str, dict[str, float]] = {"fp32": {}, "int8": {}}
         for _ in range(rounds):
             for precision, path in (("fp32", fp32_path), ("int8", int8_path)):
-                for conv, us in conv_kernel_us(path, reference, threads, runs).items():
+                timed = conv_kernel_us(path, reference, threads, runs, integer_only=precision == "int8")
+                for conv, us in timed.items():
                     best[precision][conv] = min(best[precision].get(conv, np.inf), us)
     out: dict[ConvShape, dict[str, list[float]]] = {}
     for conv, shape in shapes.items():
