@@ -134,9 +134,17 @@ def profile_in_graph(fp32_path: str | os.PathLike[str], image_size: int, threads
     context (this module's doc); several convs of one shape are averaged; the best of ``rounds``
     alternating rounds is kept per conv. INT8 times count only convs ONNX Runtime ran as ``QLinearConv``; a
     shape with none is left out (the caller probes it)."""
-    reference = onnx.load(str(fp32_path))
-    shapes = conv_shapes_of_onnx(reference)
     with tempfile.TemporaryDirectory(prefix="anomopt-ingraph-") as tmp:
+        # BatchNorm folded into the convs first (ORT's basic level), as fold_batchnorm does before our lowering:
+        # a BatchNormalization between a conv and its output quantization would keep it off QLinearConv
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = str(Path(tmp) / "fp32.onnx")
+        so.log_severity_level = 3
+        ort.InferenceSession(str(fp32_path), so, providers=["CPUExecutionProvider"])
+        fp32_path = Path(tmp) / "fp32.onnx"
+        reference = onnx.load(str(fp32_path))
+        shapes = conv_shapes_of_onnx(reference)
         int8_path = Path(tmp) / "int8.onnx"
         quantize_all_convs(fp32_path, int8_path, image_size)
         best: dict[str, dict[str, float]] = {"fp32": {}, "int8": {}}
