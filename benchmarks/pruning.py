@@ -208,7 +208,7 @@ def int8_artifact(model: torch.nn.Module, calib: torch.Tensor, work: Path, scope
         before = set(work.rglob("*.onnx"))
         om = optimize(model, "cpu", 8, calib=calib, passes=pipeline, workdir=work, progress=False,
                       pass_options={"insert_fake_quant": {"scope": scope}})
-        artifact = om.graph.meta.get("artifact") or {}
+        artifact = om.graph.state.artifact or {}
         path = artifact.get("path") if isinstance(artifact, dict) else None
         if path is None or not str(path).endswith(".onnx"):
             fresh = sorted(set(work.rglob("*.onnx")) - before, key=lambda p: p.stat().st_mtime)

@@ -208,10 +208,10 @@ def test_auto_mixed_precision_keeps_fewest_layers(toy_images):
     ctx = _ctx(toy_images)
     graph, _ = PassManager([InsertFakeQuant(weight_bits=4), Calibrate(method="max")]).run(graph, ctx)
     loose = AutoMixedPrecision(max_map_drift=10.0).run(graph, ctx)
-    assert loose.meta["kept_fp"] == []
+    assert loose.state.kept_fp == []
     tight = AutoMixedPrecision(max_map_drift=1e-12, max_fp_fraction=1.0).run(graph, ctx)
-    assert 1 <= len(tight.meta["kept_fp"]) <= 2
-    assert all(not graph.module(n).input_quantizer.enabled for n in tight.meta["kept_fp"])
+    assert 1 <= len(tight.state.kept_fp) <= 2
+    assert all(not graph.module(n).input_quantizer.enabled for n in tight.state.kept_fp)
 
 
 def test_quantizing_teacher_too_changes_scope(toy_images):

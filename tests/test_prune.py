@@ -208,8 +208,9 @@ def test_ratio_zero_is_identity(originals, name: str) -> None:
         ref = model(x)
     graph = capture(model, x[:1])
     options = {"ratio": 0.0, "drop_training_only": name == "us"}
-    out_graph = Prune(**options).run(graph, PassContext(train_images=None))
-    notes = out_graph.meta["last_pass_notes"]
+    ctx = PassContext(train_images=None)
+    out_graph = Prune(**options).run(graph, ctx)
+    notes = ctx.notes
     assert notes["groups_pruned"] == 0 and notes["finetune_losses"] == []
     with torch.no_grad():
         out = out_graph.model(x)
@@ -331,7 +332,7 @@ def test_pruned_model_exports_to_onnx_and_matches(pruned, name: str) -> None:
 def test_prune_plan_rebuilds_the_architecture(pruned, name: str) -> None:
     graph = pruned[name].graph
     fresh = build_model(name, image_size=SIZE, pretrained=False).eval()
-    apply_prune_plan(fresh, graph.meta["prune"], _images(1, 0))
+    apply_prune_plan(fresh, graph.state.prune, _images(1, 0))
     fresh.load_state_dict(graph.model.state_dict())  # strict: every shape matches
     x = _images(2, 9)
     with torch.no_grad():
@@ -348,7 +349,7 @@ def test_pruning_twice_keeps_a_loadable_plan(originals) -> None:
     assert second["channels"]["student.features.blocks.4.1.conv_pw"] == [after_first,
                                                                       kept_channels(after_first, 0.5, 8)]
     fresh = build_model("stfpm", image_size=SIZE, pretrained=False).eval()
-    apply_prune_plan(fresh, om.graph.meta["prune"], _images(1, 0))
+    apply_prune_plan(fresh, om.graph.state.prune, _images(1, 0))
     fresh.load_state_dict(om.graph.model.state_dict())
 
 

@@ -59,6 +59,7 @@ class OptimizedModel:
     normalization: dict[str, Any]
     metrics_before: dict[str, Any] | None = None
     metrics_after: dict[str, Any] | None = None
+    normalization_source: dict[str, Any] | None = None  # which model and images the thresholds came from
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -71,11 +72,11 @@ class OptimizedModel:
             "pipeline_source": self.pipeline.source,
             **self.passes_report.to_dict(),
             "parameters": {r: self.graph.parameter_count(r) for r in ("teacher", "student", "head")},
-            "quant": self.graph.meta.get("quant"),
-            "calibration": self.graph.meta.get("calibration"),
-            "kept_fp": self.graph.meta.get("kept_fp", []),
-            "artifact": self.graph.meta.get("artifact"),
-            "thresholds": self.graph.meta.get("normalization_source"),
+            "quant": _record(self.graph.state.quant),
+            "calibration": _record(self.graph.state.calibration),
+            "kept_fp": list(self.graph.state.kept_fp),
+            "artifact": self.graph.state.artifact,
+            "thresholds": self.normalization_source,
         }
         if self.metrics_before is not None:
             out["metrics_before"] = self.metrics_before
@@ -106,6 +107,10 @@ class OptimizedModel:
         from anomopt.targets.export import save_artifact
 
         return save_artifact(self, Path(directory), overwrite=overwrite, inputs=tuple(inputs))
+
+
+def _record(value: Any) -> dict[str, Any] | None:
+    return None if value is None else value.to_dict()
 
 
 def _as_pipeline(passes: Any, target: TargetSpec, bits: int, variant: str | None) -> Pipeline:
@@ -144,7 +149,7 @@ def _validation_set(
 
 def _ensure_lowered(graph: ModelGraph, spec: TargetSpec, bits: int, ctx: PassContext) -> None:
     """Lower the graph now when the pipeline did not, so thresholds are fitted on the deployed model."""
-    record = graph.meta.get("artifact")
+    record = graph.state.artifact
     if (
         isinstance(record, dict)
         and record.get("target") == spec.name
@@ -159,7 +164,7 @@ def _ensure_lowered(graph: ModelGraph, spec: TargetSpec, bits: int, ctx: PassCon
     )
     record = lower_graph(graph, spec, bits, out, ctx.calib_images)
     record["notes"]["lowered_by"] = "optimize() before re-fitting thresholds (the pipeline had no 'lower' pass)"
-    graph.meta["artifact"] = record
+    graph.state.artifact = record
     graph.runner = OnnxRunner(record["model"], description=record["runner"])
 
 
@@ -179,7 +184,7 @@ def refit_thresholds(
     pol = parse_policy(policy)
     runner = getattr(graph, "runner", None)
     what = getattr(runner, "description", None) or "torch graph"
-    record = graph.meta.get("artifact") or {}
+    record = graph.state.artifact or {}
     model = f"{record.get('target', '?')} {record.get('precision', '?')} artifact: {what}" if record else what
     preds = predict_dataset(graph.predict, val, batch_size=8, progress=progress, desc="re-fit thresholds")
     if np.any(preds.labels != 0):
@@ -309,10 +314,10 @@ def optimize(
         held_images=held,
         eval_set=eval,
         tolerance=tol,
+        calib_source=calib_source,
         seed=seed,
         progress=progress,
         workdir=str(workdir) if workdir else None,
-        state={"calib_source": calib_source, "categories": categories, "normalization": normalization},
         reporter=reporter,
     )
     reporter.log(
@@ -320,14 +325,11 @@ def optimize(
         f"{len(calib_images)} calibration images ({calib_source}), drift on {len(held)} held images"
     )
     graph = capture(work, held[:1])
-    graph.meta.update(
-        {"categories": categories, "normalization": normalization, "model_config": work.config.to_dict()}
-    )
     metrics_before = None
     if eval is not None:
         reporter.log(f"optimize: measuring the input model's AUROC on {len(eval)} labelled images")  # type: ignore[arg-type]
         metrics_before = evaluate_graph(graph, eval, normalization=normalization or None, progress=progress)
-    ctx.state["reference_metrics"] = metrics_before
+    ctx.reference_metrics = metrics_before
     run_passes = list(pipeline.passes)
     wants_gate = np.isfinite(tol.max_image_auroc_drop) or np.isfinite(tol.max_pixel_auroc_drop)
     if eval is not None and wants_gate and not any(isinstance(p, AccuracyGate) for p in run_passes):
@@ -344,9 +346,9 @@ def optimize(
             reporter.log(f"optimize: re-fitting thresholds on the lowered model, {len(val_set)} validation images")
             normalization, source = refit_thresholds(graph, val_set, policy, progress)
             source["validation"] = val_how
-            graph.meta["normalization_source"] = source
+            normalization_source = source
         else:
-            graph.meta["normalization_source"] = {
+            normalization_source = {
                 "model": "as given (not re-fitted: no validation images)",
                 "threshold_policy": _policy_of(normalization),
             }
@@ -358,9 +360,7 @@ def optimize(
                     stacklevel=2,
                 )
         categories = list(categories) or sorted(normalization)
-        graph.meta["categories"] = categories
-        graph.meta["normalization"] = normalization
-        metrics_after = graph.meta.get("metrics_after")
+        metrics_after = graph.state.metrics_after
         if eval is not None and (normalization or metrics_after is None):
             reporter.log("optimize: measuring the optimized model's AUROC")
             metrics_after = evaluate_graph(graph, eval, normalization=normalization or None, progress=progress)
@@ -369,7 +369,7 @@ def optimize(
             shutil.rmtree(owned, ignore_errors=True)
         raise
     if owned is not None:
-        if isinstance(graph.meta.get("artifact"), dict) and graph.runner is not None:
+        if isinstance(graph.state.artifact, dict) and graph.runner is not None:
             weakref.finalize(graph.runner, shutil.rmtree, owned, True)  # the runner reads the lowered files
         else:
             shutil.rmtree(owned, ignore_errors=True)
@@ -383,6 +383,7 @@ def optimize(
         normalization=dict(normalization),
         metrics_before=metrics_before,
         metrics_after=metrics_after,
+        normalization_source=normalization_source,
     )
     reporter.log(f"optimize: done in {reporter.elapsed():.1f}s\n{result.summary()}")
     return result

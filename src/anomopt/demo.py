@@ -251,7 +251,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     latency = {"FP32 (torch)": run_isolated({"backend": "torch", "path": str(ckpt), **timing})}
     sizes: dict[str, int | None] = {"FP32 (torch)": None}
     for name, om in runs.items():
-        path = om.graph.meta["artifact"]["model"]
+        path = om.graph.state.artifact["model"]
         latency[name] = run_isolated({"backend": "ort", "path": str(path), **timing})
         sizes[name] = Path(path).stat().st_size
     for name, (preds, metrics) in evals.items():
@@ -289,7 +289,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     say("[8/8] writing the report")
     norms = {v.name: v.normalization or norm for v in variants}
     panels = map_panels(evals, norms, test, ["FP32 (ORT)", "PTQ train-calib"])
-    notes = [speed_note(fp32_ms, int8_ms, runs["PTQ train-calib"].graph.meta["artifact"]["model"], cfg.image_size)]
+    notes = [speed_note(fp32_ms, int8_ms, runs["PTQ train-calib"].graph.state.artifact["model"], cfg.image_size)]
     if load["warning"]:
         notes.append(load["warning"])
     report = write_report(

@@ -8,13 +8,16 @@ A pass is a small object with a ``name``, the graph properties it ``requires``, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch.utils.data import Dataset
 
 from anomopt.graph import ModelGraph
 from anomopt.progress import Progress
+
+if TYPE_CHECKING:  # targets import passes (the 'lower' pass), so the spec is named for type checkers only
+    from anomopt.targets.spec import TargetSpec
 
 ALL = frozenset({"*"})
 
@@ -49,18 +52,26 @@ class Tolerance:
 class PassContext:
     """What passes may use besides the graph."""
 
-    target: Any = None  # anomopt.targets.TargetSpec
+    target: TargetSpec | None = None
     bits: int = 8
     calib_images: torch.Tensor | None = None  # normal training images and/or noise, never test images
+    calib_source: str = "given"  # where calib_images came from: "train", "noise", "mixed" or "given"
     train_images: torch.Tensor | None = None  # normal training images (QAT, pruning fine-tune)
     held_images: torch.Tensor | None = None  # the drift batch
     eval_set: Dataset | None = None  # labelled data for AccuracyGate / AUROC
+    reference_metrics: dict[str, Any] | None = None  # the input model's metrics on eval_set (AccuracyGate)
     tolerance: Tolerance = field(default_factory=Tolerance)
     seed: int = 0
     progress: bool = False
     workdir: str | None = None  # where lowering writes its artifact
-    state: dict[str, Any] = field(default_factory=dict)  # e.g. the input model's AUROC, shared by passes
+    state: dict[str, Any] = field(default_factory=dict)  # free for out-of-tree passes; built-ins use fields
     reporter: Progress | None = field(default=None, repr=False)  # made from ``progress`` when absent
+    notes: dict[str, Any] = field(default_factory=dict)  # the running pass's notes (see :meth:`note`)
+
+    def note(self, **notes: Any) -> None:
+        """Record facts about what the running pass did (layer counts, losses...); the manager puts them in
+        that pass's record of the report and starts the next pass with none."""
+        self.notes.update(notes)
 
     def _reporter(self) -> Progress:
         if self.reporter is None or self.reporter.enabled != bool(self.progress):

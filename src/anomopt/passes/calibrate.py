@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from anomopt.errors import DataError
-from anomopt.graph import ModelGraph
+from anomopt.graph import CalibrationRecord, ModelGraph
 from anomopt.passes.base import Pass, PassContext
 from anomopt.passes.fake_quant import quantized_layers
 from anomopt.quant import RangeCollector, compute_range
@@ -76,7 +76,7 @@ class Calibrate(Pass):
         phases = 1 if method == "max" else 2
         ctx.log(
             f"calibrate: {method} ranges of {len(layers)} layers from {len(images)} images "
-            f"({ctx.state.get('calib_source', 'given')}), {phases} x {batches} batches"
+            f"({ctx.calib_source}), {phases} x {batches} batches"
         )
         bar = ctx.bar(phases * batches, "calibrate", unit="batch")
         try:
@@ -95,15 +95,11 @@ class Calibrate(Pass):
             lo, hi = compute_range(c, method, q.scheme.bits, q.scheme.symmetric, percentile)
             q.set_range(float(lo), float(hi))
             clipped += int(hi < c.max or lo > c.min)
-        graph.meta["calibration"] = {
-            "method": method,
-            "percentile": percentile if method == "percentile" else None,
-            "samples": int(len(images)),
-            "source": ctx.state.get("calib_source", "given"),
-        }
-        graph.meta["last_pass_notes"] = {
-            "method": method,
-            "samples": int(len(images)),
-            "clipped_layers": clipped,
-        }
+        graph.state.calibration = CalibrationRecord(
+            method=method,
+            percentile=percentile if method == "percentile" else None,
+            samples=int(len(images)),
+            source=ctx.calib_source,
+        )
+        ctx.note(method=method, samples=int(len(images)), clipped_layers=clipped)
         return graph

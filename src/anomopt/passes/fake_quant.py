@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from anomopt.errors import ConfigError
-from anomopt.graph import ModelGraph
+from anomopt.graph import ModelGraph, QuantRecord
 from anomopt.passes.base import Pass, PassContext
 from anomopt.quant import FakeQuantizer, QuantScheme
 
@@ -51,7 +51,7 @@ def weight_quantizer(conv: nn.Module) -> FakeQuantizer | None:
 
 def quantized_layers(graph: ModelGraph) -> list[str]:
     """Names of the layers carrying fake quantizers."""
-    return list(graph.meta.get("quantized_layers", []))
+    return list(graph.state.quantized_layers)
 
 
 def set_layer_quantized(graph: ModelGraph, name: str, enabled: bool) -> None:
@@ -114,16 +114,16 @@ class InsertFakeQuant(Pass):
             else:
                 attach_quantizers(module, wscheme, ascheme)
             layers.append(node.name)
-        graph.meta["quantized_layers"] = layers
-        graph.meta["quant"] = {
-            "scope": scope,
-            "weight_bits": weight_bits,
-            "act_bits": act_bits,
-            "symmetric_activations": symmetric_act,
-            "per_channel": per_channel,
-            "keep_fp": keep,
-        }
-        graph.meta["last_pass_notes"] = {"quantized_layers": len(layers)}
+        graph.state.quantized_layers = layers
+        graph.state.quant = QuantRecord(
+            scope=scope,
+            weight_bits=weight_bits,
+            act_bits=act_bits,
+            symmetric_activations=symmetric_act,
+            per_channel=per_channel,
+            keep_fp=keep,
+        )
+        ctx.note(quantized_layers=len(layers))
         return graph
 
 

@@ -58,5 +58,5 @@ class FoldBatchNorm(Pass):
             _set_submodule(graph.model, node.name, _replacement(bn))
             folded += 1
         fresh = graph.recapture()
-        fresh.meta["last_pass_notes"] = {"folded": folded}
+        ctx.note(folded=folded)
         return fresh

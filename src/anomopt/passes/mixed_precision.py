@@ -61,6 +61,6 @@ class AutoMixedPrecision(Pass):
                 drift = measure_drift(*_outputs(graph, held), *ref)
                 if ok(drift):
                     break
-        graph.meta["kept_fp"] = kept
-        graph.meta["last_pass_notes"] = {"kept_fp": kept, "drift_vs_fp": drift.to_dict()}
+        graph.state.kept_fp = kept
+        ctx.note(kept_fp=kept, drift_vs_fp=drift.to_dict())
         return graph

@@ -40,7 +40,7 @@ from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
 from anomopt.errors import ConfigError, DataError
-from anomopt.graph import ModelGraph
+from anomopt.graph import ModelGraph, PrunePlan
 from anomopt.graph.ir import ROLES, leaf_modules, role_of
 from anomopt.passes.base import Pass, PassContext
 from anomopt.passes.registry import register_pass
@@ -683,25 +683,24 @@ class Prune(Pass):
                 ),
             }
         )
-        earlier = graph.meta.get("prune") or {}  # a second prune pass: its plan holds the final counts
-        fresh.meta["prune"] = {
-            "plan": {**earlier.get("plan", {}), **{g.producer: plan[g.producer] for g in groups}},
-            "dropped_dead": sorted(set(earlier.get("dropped_dead", [])) | set(dead)),
-            "dropped_training_only": sorted(
-                set(earlier.get("dropped_training_only", []))
-                | (set(training_only) if opts["drop_training_only"] else set())
+        earlier = graph.state.prune or PrunePlan()  # a second prune pass: its plan holds the final counts
+        fresh.state.prune = PrunePlan(
+            plan={**earlier.plan, **{g.producer: plan[g.producer] for g in groups}},
+            dropped_dead=sorted(set(earlier.dropped_dead) | set(dead)),
+            dropped_training_only=sorted(
+                set(earlier.dropped_training_only) | (set(training_only) if opts["drop_training_only"] else set())
             ),
-        }
-        fresh.meta["last_pass_notes"] = notes
+        )
+        ctx.note(**notes)
         return fresh
 
 
-def apply_prune_plan(model: nn.Module, meta: dict[str, Any], example: torch.Tensor) -> nn.Module:
-    """Reshape a freshly built model like a pruned one (``graph.meta["prune"]``), so that the pruned
+def apply_prune_plan(model: nn.Module, prune: PrunePlan, example: torch.Tensor) -> nn.Module:
+    """Reshape a freshly built model like a pruned one (``graph.state.prune``), so that the pruned
     model's ``state_dict`` loads into it (weights are placeholders until then)."""
-    if meta.get("dropped_dead"):
+    if prune.dropped_dead:
         drop_dead_blocks(model)
-    plan: dict[str, int] = dict(meta.get("plan", {}))
+    plan: dict[str, int] = dict(prune.plan)
     roles = {role_of(name) for name in plan}
     groups = [g for g in find_channel_groups(model, example, roles or ("student",)) if g.producer in plan]
     missing = set(plan) - {g.producer for g in groups}
@@ -709,7 +708,7 @@ def apply_prune_plan(model: nn.Module, meta: dict[str, Any], example: torch.Tens
         raise ConfigError(f"prune plan names layers with no prunable group here: {sorted(missing)[:3]}")
     keep = {g.producer: torch.arange(plan[g.producer]) for g in groups if plan[g.producer] < g.channels}
     apply_channel_selection(model, groups, keep)
-    for name in meta.get("dropped_training_only", []):
+    for name in prune.dropped_training_only:
         _set_submodule(model, name, DroppedModule(name, 0))
     return model
 

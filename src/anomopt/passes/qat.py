@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from anomopt.errors import DataError
-from anomopt.graph import ModelGraph
+from anomopt.graph import ModelGraph, QATRecord
 from anomopt.passes.base import Pass, PassContext
 from anomopt.passes.fake_quant import recalibrate_weights
 
@@ -55,6 +55,6 @@ class QATFineTune(Pass):
         bar.close()
         model.eval()
         refit = model.refit_statistics(images, batch)
-        graph.meta["qat"] = {"epochs": epochs, "lr": lr, "losses": losses}
-        graph.meta["last_pass_notes"] = {"losses": losses, **({"refit": refit} if refit else {})}
+        graph.state.qat = QATRecord(epochs=epochs, lr=lr, losses=losses)
+        ctx.note(losses=losses, **({"refit": refit} if refit else {}))
         return graph

@@ -82,9 +82,9 @@ def lower_graph(
     }
     notes: dict[str, Any] = {}
     quantized = bits == 8
-    if quantized and not graph.meta.get("quantized_layers"):
+    if quantized and not graph.state.quantized_layers:
         raise TargetError("INT8 lowering needs the insert_fake_quant and calibrate passes before 'lower'")
-    backend = str((graph.meta.get("quant") or {}).get("backend", "anomopt")) if quantized else "anomopt"
+    backend = graph.state.quant.backend if quantized and graph.state.quant else "anomopt"
     explicit = opts.get("trt_quantization", "explicit") == "explicit"
     if backend == "modelopt" and (target.runtime != "tensorrt" or not explicit):
         raise TargetError(
@@ -141,7 +141,7 @@ def lower_graph(
             if quantized:
                 if calib_images is None:
                     raise TargetError("TensorRT implicit INT8 needs calibration images for the cache")
-                roles = SCOPES.get(str((graph.meta.get("quant") or {}).get("scope", "student")), ("student",))
+                roles = SCOPES.get(graph.state.quant.scope if graph.state.quant else "student", ("student",))
                 ranges = trt.calibration_ranges(
                     out / MODEL_FILE, calib_images, roles=roles, num_bins=int(opts.get("cache_bins", 512))
                 )
@@ -221,13 +221,13 @@ class Lower(Pass):
             raise
         if scratch is not None:
             weakref.finalize(runner, shutil.rmtree, scratch, True)
-        graph.meta["artifact"] = record
+        graph.state.artifact = record
         graph.runner = runner
-        graph.meta["last_pass_notes"] = {
-            "artifact": record["dir"],
-            "precision": record["precision"],
-            "runner": record["runner"],
+        ctx.note(
+            artifact=record["dir"],
+            precision=record["precision"],
+            runner=record["runner"],
             **({"trtexec": " ".join(record["trtexec"])} if "trtexec" in record else {}),
             **record["notes"],
-        }
+        )
         return graph

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from anomopt.errors import ConfigError, DataError, TargetError
-from anomopt.graph import ModelGraph
+from anomopt.graph import CalibrationRecord, ModelGraph, QuantRecord
 from anomopt.passes.base import Pass, PassContext
 from anomopt.passes.fake_quant import SCOPES
 
@@ -214,26 +214,25 @@ class ModeloptQuantize(Pass):
         )
         modules = quantized_modules(graph.model)
         types = Counter(modules.values())
-        graph.meta["quantized_layers"] = list(modules)
-        graph.meta["quant"] = {
-            "backend": "modelopt",
-            "modelopt_version": version,
-            "config": "INT8_DEFAULT_CFG",
-            "scope": scope,
-            "weight_bits": 8,
-            "act_bits": 8,
-            "symmetric_activations": True,
-            "per_channel": True,
-            "keep_fp": [],
-        }
-        graph.meta["calibration"] = {
-            "method": method,
-            "backend": "modelopt",
-            "percentile": float(self.options.get("percentile", 99.99)) if method == "percentile" else None,
-            "samples": int(len(images)),
-            "source": ctx.state.get("calib_source", "given"),
-        }
-        graph.meta["last_pass_notes"] = {**notes, "quantized_modules": dict(types), "method": method}
+        graph.state.quantized_layers = list(modules)
+        graph.state.quant = QuantRecord(
+            scope=scope,
+            weight_bits=8,
+            act_bits=8,
+            symmetric_activations=True,
+            per_channel=True,
+            keep_fp=[],
+            backend="modelopt",
+            backend_info={"modelopt_version": version, "config": "INT8_DEFAULT_CFG"},
+        )
+        graph.state.calibration = CalibrationRecord(
+            method=method,
+            percentile=float(self.options.get("percentile", 99.99)) if method == "percentile" else None,
+            samples=int(len(images)),
+            source=ctx.calib_source,
+            backend="modelopt",
+        )
+        ctx.note(**notes, quantized_modules=dict(types), method=method)
         return graph
 
 
