@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 import torch
@@ -19,6 +21,7 @@ from anomopt.passes import (
     PassManager,
     Tolerance,
     load_pipeline,
+    option,
     resolve_pass,
 )
 from anomopt.passes.fake_quant import quantized_layers
@@ -177,8 +180,12 @@ class ScaleMap(Pass):
 
     name = "scale_map"
 
+    @dataclass
+    class Options:
+        factor: float = option(2.0, "the map and score multiplier")
+
     def run(self, graph, ctx):
-        factor = float(self.options.get("factor", 2.0))
+        factor = self.options.factor
         graph.model.head.register_forward_hook(lambda m, a, out: (out[0] * factor, out[1] * factor))
         return graph
 

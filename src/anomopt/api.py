@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-import anomopt.targets.lower  # noqa: F401  (registers the 'lower' pass for pipeline files)
 from anomopt.calibration_data import build_calibration_images, sample_images
 from anomopt.checkpoint import load_checkpoint, require_thresholds
 from anomopt.data.dataset import load_validation
@@ -113,7 +112,9 @@ def _record(value: Any) -> dict[str, Any] | None:
     return None if value is None else value.to_dict()
 
 
-def _as_pipeline(passes: Any, target: TargetSpec, bits: int, variant: str | None) -> Pipeline:
+def resolve_pipeline(passes: Any, target: TargetSpec, bits: int, variant: str | None = None) -> Pipeline:
+    """The pipeline :func:`optimize` runs: the target's shipped one for ``bits`` (and ``variant``) when
+    ``passes`` is None, else ``passes`` (a ``.toml`` path, a :class:`Pipeline` or a list of passes)."""
     if passes is None:
         return load_pipeline(pipeline_path(target.name, bits, variant))
     if isinstance(passes, Pipeline):
@@ -129,6 +130,23 @@ def _as_pipeline(passes: Any, target: TargetSpec, bits: int, variant: str | None
                 built.append(resolve_pass(item))
         return Pipeline(name="custom", target=target.name, bits=bits, passes=built, source="<python>")
     raise ConfigError(f"passes must be None, a .toml path, a Pipeline or a list of passes, not {passes!r}")
+
+
+def apply_pass_options(pipeline: Pipeline, pass_options: dict[str, dict[str, Any]] | None) -> None:
+    """Override options of the named passes in ``pipeline``; an entry naming a pass that is not in it, an
+    unknown option or a wrong type is a :class:`ConfigError`."""
+    present = [p.name for p in pipeline.passes]
+    for name, options in (pass_options or {}).items():
+        if name not in present:
+            raise ConfigError(
+                f"pass_options names pass {name!r}, which is not in pipeline {pipeline.name!r} "
+                f"(its passes: {', '.join(present)})"
+            )
+        if not isinstance(options, dict):
+            raise ConfigError(f"pass_options[{name!r}] must be a dict of options, not {options!r}")
+    for p in pipeline.passes:
+        if p.name in (pass_options or {}):
+            p.configure(**pass_options[p.name])
 
 
 def _validation_set(
@@ -253,10 +271,8 @@ def optimize(
         )
     categories = categories or payload.get("categories") or []
     normalization = normalization or payload.get("normalization") or {}
-    pipeline = _as_pipeline(passes, spec, bits, variant)
-    for p in pipeline.passes:
-        for key, value in (pass_options or {}).get(p.name, {}).items():
-            (p.tolerance_override if key in p.TOLERANCE_KEYS else p.options)[key] = value
+    pipeline = resolve_pipeline(passes, spec, bits, variant)
+    apply_pass_options(pipeline, pass_options)
 
     work = copy.deepcopy(model).eval()
     size = work.config.image_size

@@ -2,7 +2,8 @@
 
 A pass is a small object with a ``name``, the graph properties it ``requires``, those it ``forbids``
 (e.g. folding BatchNorm after fake-quant insertion), those it ``provides`` and those it ``preserves``
-(LLVM/MLIR style), and ``run(graph, ctx) -> graph``. Per-pass drift tolerances override the pipeline's.
+(LLVM/MLIR style), its options (a dataclass, checked when the pass is built), and ``run(graph, ctx) -> graph``.
+Per-pass drift tolerances override the pipeline's.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch.utils.data import Dataset
 
+from anomopt.errors import ConfigError
 from anomopt.graph import ModelGraph
+from anomopt.passes.options import NoOptions, option_docs, parse_options
 from anomopt.progress import Progress
 
 if TYPE_CHECKING:  # targets import passes (the 'lower' pass), so the spec is named for type checkers only
@@ -88,7 +91,9 @@ class PassContext:
 
 
 class Pass:
-    """Base class of every pass. Subclasses set the class attributes and implement :meth:`run`."""
+    """Base class of every pass. Subclasses set the class attributes, declare their options as a nested
+    ``Options`` dataclass (see :mod:`anomopt.passes.options`) and implement :meth:`run`, reading their
+    options from ``self.options`` (an ``Options`` instance)."""
 
     name: ClassVar[str] = "pass"
     requires: ClassVar[frozenset[str]] = frozenset()
@@ -97,16 +102,36 @@ class Pass:
     preserves: ClassVar[frozenset[str]] = ALL
     changes_outputs: ClassVar[bool] = True  # False: the manager skips the drift measurement
     no_drift_reason: ClassVar[str] = "the pass does not change the model's outputs"  # shown instead of a drift
+    Options: ClassVar[type] = NoOptions
 
     TOLERANCE_KEYS: ClassVar[tuple[str, ...]] = tuple(f.name for f in fields(Tolerance))
 
     def __init__(self, **options: Any) -> None:
-        self.tolerance_override = {k: options.pop(k) for k in list(options) if k in self.TOLERANCE_KEYS}
-        self.options = options
+        self.tolerance_override: dict[str, float] = {}
+        self.given_options: dict[str, Any] = {}  # the options as given (recorded in the report)
+        self.options: Any = self.Options()
+        self.configure(**options)
+
+    def configure(self, **options: Any) -> None:
+        """Set options (tolerance keys override the pipeline's tolerance for this pass); an unknown key or a
+        wrong type raises :class:`ConfigError` naming the pass, the key and the known keys."""
+        tolerance = {k: options.pop(k) for k in list(options) if k in self.TOLERANCE_KEYS}
+        for key, value in tolerance.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"pass {self.name!r}: tolerance {key!r} must be a number, not {value!r}")
+        given = {**self.given_options, **options}
+        self.options = parse_options(self.name, self.Options, given, self.TOLERANCE_KEYS)
+        self.given_options = {k: getattr(self.options, k) for k in given}
+        self.tolerance_override.update({k: float(v) for k, v in tolerance.items()})
+
+    @classmethod
+    def option_docs(cls) -> dict[str, tuple[str, Any, str]]:
+        """``{option: (type, default, doc)}`` (tolerance keys are accepted besides these)."""
+        return option_docs(cls.Options)
 
     def run(self, graph: ModelGraph, ctx: PassContext) -> ModelGraph:  # pragma: no cover - interface
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        opts = ", ".join(f"{k}={v!r}" for k, v in {**self.options, **self.tolerance_override}.items())
+        opts = ", ".join(f"{k}={v!r}" for k, v in {**self.given_options, **self.tolerance_override}.items())
         return f"{type(self).__name__}({opts})"

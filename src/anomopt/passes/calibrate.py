@@ -7,6 +7,7 @@ or from noise.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,6 +16,8 @@ from anomopt.errors import DataError
 from anomopt.graph import CalibrationRecord, ModelGraph
 from anomopt.passes.base import Pass, PassContext
 from anomopt.passes.fake_quant import quantized_layers
+from anomopt.passes.options import option
+from anomopt.passes.registry import register_pass
 from anomopt.quant import RangeCollector, compute_range
 
 
@@ -51,12 +54,19 @@ def _collect(
             h.remove()
 
 
+@register_pass
 class Calibrate(Pass):
-    """Set every activation quantizer's range; options ``method``, ``percentile``, ``batch_size``."""
+    """Set every activation quantizer's range from the calibration images."""
 
     name = "calibrate"
     requires = frozenset({"fake_quant"})
     provides = frozenset({"calibrated"})
+
+    @dataclass
+    class Options:
+        method: str = option("max", "range estimator: max | percentile | entropy (KL) | mse")
+        percentile: float = option(99.99, "the percentile kept when method = 'percentile'")
+        batch_size: int = option(8, "images per calibration forward pass")
 
     def run(self, graph: ModelGraph, ctx: PassContext) -> ModelGraph:
         images = ctx.calib_images
@@ -64,9 +74,9 @@ class Calibrate(Pass):
             raise DataError("calibrate: no calibration images (pass calib data, or calib_source='noise')")
         if not torch.isfinite(images).all():
             raise DataError("calibrate: the calibration batch contains NaN or Inf values")
-        method = self.options.get("method", "max")
-        percentile = float(self.options.get("percentile", 99.99))
-        batch = int(self.options.get("batch_size", 8))
+        method = self.options.method
+        percentile = self.options.percentile
+        batch = self.options.batch_size
         layers = quantized_layers(graph)
         quantizers = {name: graph.module(name).input_quantizer for name in layers}
         for q in quantizers.values():

@@ -9,6 +9,7 @@ from anomopt.graph import ModelGraph
 from anomopt.inference import predict_dataset
 from anomopt.metrics import evaluate_predictions
 from anomopt.passes.base import Pass, PassContext
+from anomopt.passes.registry import register_pass
 
 
 def evaluate_graph(
@@ -34,8 +35,10 @@ def evaluate_graph(
     )
 
 
+@register_pass
 class AccuracyGate(Pass):
-    """Options: ``max_image_auroc_drop`` / ``max_pixel_auroc_drop`` in AUROC points."""
+    """Fail the pipeline when AUROC on labelled data falls too far; its limits are the tolerance keys
+    ``max_image_auroc_drop`` / ``max_pixel_auroc_drop`` (AUROC points), per pass or from the pipeline."""
 
     name = "accuracy_gate"
     changes_outputs = False

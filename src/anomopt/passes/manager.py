@@ -118,7 +118,7 @@ class PassManager:
             report.records.append(
                 PassRecord(
                     name=p.name,
-                    options={k: _jsonable(v) for k, v in p.options.items()},
+                    options={k: _jsonable(v) for k, v in p.given_options.items()},
                     seconds=seconds,
                     drift=drift.to_dict() if drift else None,
                     tolerance={k: v for k, v in asdict(tol).items() if np.isfinite(v)},
