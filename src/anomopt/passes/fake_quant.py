@@ -130,14 +130,8 @@ class InsertFakeQuant(Pass):
                 attach_quantizers(module, wscheme, ascheme)
             layers.append(node.name)
         graph.state.quantized_layers = layers
-        graph.state.quant = QuantRecord(
-            scope=scope,
-            weight_bits=weight_bits,
-            act_bits=act_bits,
-            symmetric_activations=symmetric_act,
-            per_channel=per_channel,
-            keep_fp=keep,
-        )
+        graph.state.quant = QuantRecord(scope=scope, weight_bits=weight_bits, act_bits=act_bits,
+                                        symmetric_activations=symmetric_act, per_channel=per_channel, keep_fp=keep)
         ctx.note(quantized_layers=len(layers))
         return graph
 

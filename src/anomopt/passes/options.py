@@ -125,9 +125,11 @@ def _type_name(hint: Any) -> str:
     if origin is Literal:
         return " | ".join(repr(a) for a in args)
     if origin in (list, tuple):
-        return f"a list of {_type_name(args[0])}" if args else "a list"
+        return f"a list of {_PLURAL.get(args[0], 'values')}" if args else "a list"
     if origin is dict:
-        return f"a table of {_type_name(args[0])} -> {_type_name(args[1])}" if args else "a table"
-    if hint is float:
-        return "a number"
-    return {bool: "true or false", int: "an integer", str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
+        return f"a table of {_PLURAL.get(args[0], 'keys')} to {_PLURAL.get(args[1], 'values')}" if args else "a table"
+    return _SINGULAR.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+_SINGULAR = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_PLURAL = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}

@@ -31,14 +31,15 @@ PASS_REGISTRY: dict[str, type[Pass]] = {}
 
 
 def register_pass(cls: type[Pass]) -> type[Pass]:
-    """Class decorator: make a pass available by its ``name`` in pipeline files. A name already taken by
-    another class (a built-in name included) is a :class:`ConfigError`."""
+    """Class decorator: make a pass available by its ``name`` in pipeline files. A name already taken by a
+    class defined elsewhere (a built-in name included) is a :class:`ConfigError`; the same definition run
+    again (a reloaded module, a re-run notebook cell) replaces it."""
     if not (isinstance(cls, type) and issubclass(cls, Pass)):
         raise ConfigError(f"register_pass takes a subclass of anomopt.passes.Pass, not {cls!r}")
     taken = PASS_REGISTRY.get(cls.name)
     builtin = BUILTIN_PASSES.get(cls.name)
-    here = f"{cls.__module__}:{cls.__qualname__}"
-    if (taken is not None and taken is not cls) or (builtin is not None and builtin != here):
+    here = _where(cls)
+    if (taken is not None and _where(taken) != here) or (builtin is not None and builtin != here):
         raise ConfigError(
             f"pass name {cls.name!r} is already registered to {builtin or _where(taken)}; give {here} another name"
         )
