@@ -139,14 +139,14 @@ def bench_model(name: str, args: argparse.Namespace, calib: torch.Tensor, work: 
             workdir=work / f"{name}-{bits}-{len(onnx_files)}",
             progress=False,
         )
-        onnx_files[label] = Path(om.graph.meta["artifact"]["model"])
+        onnx_files[label] = Path(om.graph.state.artifact["model"])
         variants[label] = {"backend": "ort", "path": str(onnx_files[label])}
         if variant == "fast":
             fast_notes[name] = next(
                 (r.notes for r in om.passes_report.records if r.name == "latency_aware_precision"), {}
             )
         if bits == 8:
-            kernels = om.graph.meta["artifact"]["notes"]["integer_kernels"]["by_role"]
+            kernels = om.graph.state.artifact["notes"]["integer_kernels"]["by_role"]
             variants[label]["kernels"] = kernels
     common = {
         "image_size": size,

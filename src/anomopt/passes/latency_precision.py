@@ -4,7 +4,7 @@ Q/DQ conversions with its neighbours counted; then restore layers for accuracy a
 Runs after ``calibrate``. The FP32 graph is exported to ONNX (a temporary file) to read each conv's shape
 and the tensors between convs; :func:`anomopt.cost.plan.plan_precision` picks the INT8 set from the cost
 model (``cost_model``: a file written by ``anomopt profile``, default the shipped CPU model). Convs left
-FP32 get their quantizers switched off and are listed in ``graph.meta["kept_fp"]``, which the lowering
+FP32 get their quantizers switched off and are listed in ``graph.state.kept_fp``, which the lowering
 honours. With ``accuracy = true`` (default) the drift of the result against the unquantized graph is then
 checked and, if over the tolerance, the most helpful INT8 layers go back to FP32 (``auto_mixed_precision``).
 The pass notes list every candidate conv with its costs, choice and reason.
@@ -13,22 +13,31 @@ The pass notes list every candidate conv with its costs, choice and reason.
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from anomopt.errors import ConfigError
 from anomopt.graph import ModelGraph
 from anomopt.passes.base import Pass, PassContext
 from anomopt.passes.fake_quant import SCOPES, quantized_layers, set_layer_quantized
 from anomopt.passes.mixed_precision import AutoMixedPrecision
+from anomopt.passes.options import option
+from anomopt.passes.registry import register_pass
 
 
+@register_pass
 class LatencyAwarePrecision(Pass):
-    """Options: ``cost_model`` (path; default the shipped CPU model), ``accuracy`` (true: then restore
-    layers for the drift tolerance, as ``auto_mixed_precision``), ``max_fp_fraction`` (for that step)."""
+    """Keep a conv in INT8 only where the target's cost model says it is faster (Q/DQ counted), then restore
+    layers for the drift tolerance as ``auto_mixed_precision`` does."""
 
     name = "latency_aware_precision"
     requires = frozenset({"calibrated"})
+
+    @dataclass
+    class Options:
+        cost_model: str = option("", "cost model JSON written by `anomopt profile` (empty: the shipped CPU model)")
+        accuracy: bool = option(True, "then restore layers to FP until the drift tolerance holds")
+        max_fp_fraction: float = option(0.25, "at most this fraction of the layers restored for accuracy")
 
     def run(self, graph: ModelGraph, ctx: PassContext) -> ModelGraph:
         import onnx
@@ -38,15 +47,11 @@ class LatencyAwarePrecision(Pass):
         from anomopt.cost.plan import plan_precision
         from anomopt.targets.onnx_export import export_onnx
 
-        unknown = set(self.options) - {"cost_model", "accuracy", "max_fp_fraction"}
-        if unknown:
-            raise ConfigError(f"latency_aware_precision: unknown options {sorted(unknown)}; "
-                              "known: cost_model, accuracy, max_fp_fraction")
-        path = self.options.get("cost_model")
+        path = self.options.cost_model
         cost = load_cost_model(path if path else None)
-        kept = set(graph.meta.get("kept_fp", []) or [])
+        kept = set(graph.state.kept_fp)
         layers = [n for n in quantized_layers(graph) if n not in kept]
-        scope = str((graph.meta.get("quant") or {}).get("scope", "student"))
+        scope = graph.state.quant.scope if graph.state.quant is not None else "student"
         ctx.log(f"latency_aware_precision: planning {len(layers)} convs with the cost model of "
                 f"{cost.meta.get('cpu', '?')} ({cost.meta.get('threads', '?')} threads)")
         with tempfile.TemporaryDirectory(prefix="anomopt-latprec-") as tmp:
@@ -59,7 +64,7 @@ class LatencyAwarePrecision(Pass):
         to_fp = [exp.conv_map[n] for n in candidates if n not in plan.int8]
         for name in to_fp:
             set_layer_quantized(graph, name, False)
-        graph.meta["kept_fp"] = sorted(kept | set(to_fp))
+        graph.state.kept_fp = sorted(kept | set(to_fp))
         records: list[dict[str, Any]] = [{"layer": exp.conv_map[r["node"]], **r} for r in plan.layers]
         notes: dict[str, Any] = {
             "cost_model": str(path) if path else "shipped cpu-default.json",
@@ -70,20 +75,21 @@ class LatencyAwarePrecision(Pass):
             "fp32_for_latency": to_fp,
             "layers": records,
         }
-        if bool(self.options.get("accuracy", True)) and ctx.held_images is not None:
-            amp = AutoMixedPrecision(max_fp_fraction=self.options.get("max_fp_fraction", 0.25),
-                                     **self.tolerance_override)
-            still = [n for n in quantized_layers(graph) if n not in set(graph.meta["kept_fp"])]
-            saved = graph.meta.get("quantized_layers")
-            graph.meta["quantized_layers"] = still
+        if self.options.accuracy and ctx.held_images is not None:
+            amp = AutoMixedPrecision(max_fp_fraction=self.options.max_fp_fraction, **self.tolerance_override)
+            still = [n for n in quantized_layers(graph) if n not in set(graph.state.kept_fp)]
+            saved = list(graph.state.quantized_layers)
+            before = dict(ctx.notes)
+            graph.state.quantized_layers = still
             try:
                 graph = amp.run(graph, ctx)
             finally:
-                graph.meta["quantized_layers"] = saved
-            amp_notes = graph.meta.pop("last_pass_notes", {})
-            restored = list(amp_notes.get("kept_fp", []))
-            graph.meta["kept_fp"] = sorted(kept | set(to_fp) | set(restored))
+                graph.state.quantized_layers = saved
+            restored = list(ctx.notes.get("kept_fp", []))
+            notes["drift_vs_fp"] = ctx.notes.get("drift_vs_fp")
+            ctx.notes.clear()
+            ctx.notes.update(before)
+            graph.state.kept_fp = sorted(kept | set(to_fp) | set(restored))
             notes["fp32_for_accuracy"] = restored
-            notes["drift_vs_fp"] = amp_notes.get("drift_vs_fp")
-        graph.meta["last_pass_notes"] = notes
+        ctx.note(**notes)
         return graph
