@@ -28,6 +28,7 @@ from anomopt.data import load_mvtec  # noqa: E402
 from anomopt.inference import predict_dataset, torch_scorer  # noqa: E402
 from anomopt.metrics import evaluate_predictions  # noqa: E402
 from anomopt.models import build_model  # noqa: E402
+from anomopt.models.base import MapHead  # noqa: E402
 from anomopt.train import TrainConfig, seed_everything, train_model  # noqa: E402
 
 
@@ -109,20 +110,38 @@ def run(args: argparse.Namespace) -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         seed_everything(seed)
         model = build_model("us", image_size=size, **extra)
-        config = TrainConfig(epochs=args.epochs, seed=seed, progress=args.progress, precision=args.precision,
-                             lr=args.lr)
         t0 = time.perf_counter()
-        result = train_model(model, train, config, val_set=val)
+        if args.load:  # rescore a model saved by --save (scoring options only)
+            saved = torch.load(f"{args.load}-s{seed}.pt", weights_only=False)
+            model.load_state_dict(saved["state_dict"])
+            normalization = saved["normalization"]
+        else:
+            config = TrainConfig(epochs=args.epochs, seed=seed, progress=args.progress, precision=args.precision,
+                                 lr=args.lr)
+            normalization = train_model(model, train, config, val_set=val).normalization
         train_s = time.perf_counter() - t0
+        model.eval()
+        for key, value in json.loads(args.score_options).items():
+            if key == "blur_sigma":  # pixels at this image size
+                model.head = MapHead(size, combine="sum", blur_sigma=float(value))
+            else:
+                setattr(model, key, value)
         row = {
             "dataset": dataset, "name": args.name, "extra": extra, "epochs": args.epochs, "seed": seed,
             "image_size": size, "train_images": len(train), "lr": args.lr,  # type: ignore[arg-type]
             "train_seconds": round(train_s, 1), "threads": torch.get_num_threads(),
             "val": metrics(model, val_defects, None),
-            "test": metrics(model, test, result.normalization),
+            "test": metrics(model, test, normalization),
+            "score_options": json.loads(args.score_options), "loaded": bool(args.load),
         }
+        for vw in [float(v) for v in args.rescore_variance.split(",") if v]:  # scoring only: no retraining
+            base = model.variance_weight
+            model.variance_weight = vw
+            row[f"variance_weight={vw:g}"] = {"val": metrics(model, val_defects, None)["mean"],
+                                              "test": metrics(model, test, None)["mean"]}
+            model.variance_weight = base
         if args.save:
-            torch.save({"extra": extra, "state_dict": model.state_dict(), "normalization": result.normalization},
+            torch.save({"extra": extra, "state_dict": model.state_dict(), "normalization": normalization},
                        f"{args.save}-s{seed}.pt")
         line = json.dumps(row)
         with open(args.out, "a") as f:
@@ -148,6 +167,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--precision", default="auto")
     p.add_argument("--out", default="us_study.jsonl")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--load", default=None, help="score models saved with --save LOAD instead of training")
+    p.add_argument("--score-options", default="{}", help='JSON, e.g. {"variance_weight": 1, "blur_sigma": 1}')
+    p.add_argument("--rescore-variance", default="", help="comma list of variance weights to score with too")
     p.add_argument("--save", default=None, help="save each trained model to SAVE-s<seed>.pt")
     run(p.parse_args(argv))
 

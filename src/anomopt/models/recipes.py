@@ -35,7 +35,16 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "stfpm": Recipe(blur_sigma=0.0, optimizer="sgd", lr=0.8, weight_decay=1.25e-4),
     "rd": Recipe(blur_sigma=0.0, optimizer="adam", lr=3e-3, weight_decay=1e-5),
-    "us": Recipe(blur_sigma=4.0, optimizer="adam", lr=3e-3, weight_decay=1e-5),
+    # US: the backbone's stride-4 features as the descriptor teacher, students of receptive field 23
+    # (docs/accuracy.md, "Uninformed Students: what carries it here"). Checkpoints without these options
+    # (trained before) rebuild the distilled patch teacher they were trained with.
+    "us": Recipe(
+        blur_sigma=4.0,
+        optimizer="adam",
+        lr=3e-3,
+        weight_decay=1e-5,
+        model_options={"teacher": "backbone", "target_taps": [0], "patch_sizes": [23]},
+    ),
 }
 
 # Models outside the registry (user subclasses, test models) train with this.

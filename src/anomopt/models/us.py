@@ -38,6 +38,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from anomopt.errors import ConfigError
 from anomopt.models.backbones import feature_channels, get_backbone_config
 from anomopt.models.base import KDModel, MapHead, ModelConfig, freeze
 from anomopt.models.teacher import Teacher
@@ -322,7 +323,7 @@ class UninformedStudents(KDModel):
             # student ensemble of receptive field ``patch_sizes[i]``; no teacher phase.
             self.target_taps = tuple(int(i) for i in extra.get("target_taps", (0,)))
             if len(self.target_taps) != len(self.patches):
-                raise ValueError(
+                raise ConfigError(
                     f"teacher='backbone' needs one target tap per patch size: {len(self.target_taps)} taps "
                     f"for patch sizes {self.patches}"
                 )
@@ -344,7 +345,7 @@ class UninformedStudents(KDModel):
                 n_students, self.patches, descriptor, width, student_bn, pad_mode, dilate
             )
         else:
-            raise ValueError(f"us teacher must be 'backbone' or 'distilled', not {self.teacher_kind!r}")
+            raise ConfigError(f"us teacher must be 'backbone' or 'distilled', not {self.teacher_kind!r}")
         self.head = MapHead(self.config.image_size, combine="sum", blur_sigma=self.config.blur_sigma)
         # Per patch size: mean and std of the regression error and of the predictive variance (training set).
         norm = torch.tensor([[0.0, 1.0, 0.0, 1.0]]).repeat(len(self.patches), 1)
