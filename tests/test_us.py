@@ -12,10 +12,6 @@ from anomopt.models import build_model
 from anomopt.train import TrainConfig, seed_everything, train_model
 
 SIZE = 64
-# train_and_evaluate_us measured over seeds 0, 1, 2 (2026-12-01): image AUROC 0.805, 0.770, 0.720 and
-# pixel AUROC 0.799, 0.829, 0.722 (chance: 0.5); the bounds sit 0.1 below the worst seed.
-IMAGE_AUROC_BOUND = 0.62
-PIXEL_AUROC_BOUND = 0.62
 
 
 def _images(n: int, seed: int) -> torch.Tensor:
@@ -168,10 +164,12 @@ def test_us_inference_path_is_plain_convolutions() -> None:
 
 
 E2E_SIZE = 64
-# train_and_evaluate_us measured over seeds 0, 1, 2 (2026-12-01): image AUROC 0.805, 0.770, 0.720 and
-# pixel AUROC 0.799, 0.829, 0.722 (chance: 0.5); the bounds sit 0.1 below the worst seed.
-IMAGE_AUROC_BOUND = 0.62
-PIXEL_AUROC_BOUND = 0.62
+# train_and_evaluate_us with the default recipe (backbone descriptors) over seeds 0, 1, 2 (2026-12-07): image
+# AUROC 0.955, 0.950, 0.935 and pixel AUROC 0.971, 0.973, 0.976. The distilled patch teacher it replaced
+# scored 0.805 / 0.770 / 0.720 and 0.799 / 0.829 / 0.722 (2026-12-01): the bounds sit about 8 points below
+# the worst seed and well above that older level, so a fall back to it fails.
+IMAGE_AUROC_BOUND = 0.85
+PIXEL_AUROC_BOUND = 0.90
 E2E_CATEGORIES = ("brushed_metal", "mesh")
 
 
@@ -193,7 +191,7 @@ def train_and_evaluate_us(root, seed: int = 0, epochs: int = 8) -> dict:
 @pytest.mark.slow
 def test_short_unified_us_training_detects_synthetic_anomalies(tmp_path) -> None:
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # about 45 s on one core; the machine's cores are shared
+    torch.set_num_threads(1)  # 150-200 s on one core of a machine loaded about 10x; the cores are shared
     try:
         mean = train_and_evaluate_us(tmp_path / "data")
     finally:
