@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
                           tolerance={"max_score_drift": float("inf"), "max_map_drift": float("inf")},
                           train=pool if "qat" in name else None, val=val, categories=cats,
                           normalization=saved["normalization"], workdir=work, seed=0, progress=False)
-            path = Path(om.graph.meta["artifact"]["model"])
+            path = Path(om.graph.state.artifact["model"])
             preds = gc.artifact_predictions(path, test, threads=1)
             res = evaluate_predictions(preds.categories, preds.labels, preds.scores, preds.masks, preds.maps,
                                        normalization=om.normalization)
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
                "mean": {k: float(res["mean"][k]) for k in ("image_auroc", "pixel_auroc", "aupro")},
                "per_category": {c: {k: float(v[k]) for k in ("image_auroc", "pixel_auroc")}
                                 for c, v in res["per_category"].items()},
-               "qat": om.graph.meta.get("qat"), "refit": om.graph.meta.get("last_pass_notes", {}).get("refit")}
+               "refit": [r.notes.get("refit") for r in om.passes_report.records if r.notes.get("refit")]}
         with open(args.out, "a") as f:
             f.write(json.dumps(row, default=str) + "\n")
         m = row["mean"]
