@@ -66,13 +66,15 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--study", required=True)
     p.add_argument("--quant", default=None)
-    p.add_argument("--notes", default="", help="markdown placed before the tables")
+    p.add_argument("--notes", default="", help="markdown placed before the tables (@FILE: read it from FILE)")
     rw.add_args(p)
     args = p.parse_args(argv)
     run = rw.RunInfo.start(__file__, 1, argv)
     study = [json.loads(line) for line in Path(args.study).read_text().splitlines() if line.strip()]
-    body = [args.notes, "**Runs** (val = validation normals + one pasted-defect copy each; test = the test split; "
-            "FR / escape / F1 at the shipped z:3 threshold fitted on validation normals)", "", study_table(study)]
+    notes = Path(args.notes[1:]).read_text() if args.notes.startswith("@") else args.notes
+    body = [notes.strip(), "", "**Runs** (val = validation normals + one pasted-defect copy each; test = the test "
+            "split; FR / escape / F1 at the shipped z:3 threshold fitted on validation normals)", "",
+            study_table(study)]
     if args.quant:
         quant = [json.loads(line) for line in Path(args.quant).read_text().splitlines() if line.strip()]
         body += ["", "**INT8** (shipped pipelines through optimize(), ONNX Runtime artifact on the test split)", "",

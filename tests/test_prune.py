@@ -301,10 +301,9 @@ def test_training_only_modules_of_us_are_dropped(pruned) -> None:
     # The distilled-teacher US (older checkpoints) trains through its backbone and projection only.
     model = build_model("us", image_size=SIZE, pretrained=False, teacher="distilled", patch_sizes=[15]).eval()
     assert set(training_only_modules(model, _images(1, 0))) == {"backbone", "teacher.project"}
-    graph = Prune(ratio=0.0, drop_training_only=True).run(
-        capture(model, _images(1, 0)), PassContext(train_images=None)
-    )
-    assert set(graph.meta["last_pass_notes"]["dropped_training_only"]) == {"backbone", "teacher.project"}
+    ctx = PassContext(train_images=None)
+    graph = Prune(ratio=0.0, drop_training_only=True).run(capture(model, _images(1, 0)), ctx)
+    assert set(ctx.notes["dropped_training_only"]) == {"backbone", "teacher.project"}
     with pytest.raises(RuntimeError, match="dropped by the prune pass"):
         graph.model.distillation_loss(_images(2, 0))
 
