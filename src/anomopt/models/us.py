@@ -1,6 +1,14 @@
 """Uninformed Students (Bergmann et al., CVPR 2020), dense and fully convolutional.
 
-Built from the paper's description:
+Two descriptor teachers (``teacher`` option):
+
+- ``"backbone"`` (the recipe, :data:`anomopt.models.RECIPES`): the frozen pretrained backbone's own features
+  are the descriptors, one scale per ``target_taps`` entry (resampled to the stride-4 grid), standardised
+  per channel (or whitened) with training-set statistics measured in the first epoch. Offline there are no
+  ImageNet patches to distil a general teacher from; the backbone already is one (its stride-4 tap describes
+  a 19 px patch). Students, scores and statistics are as below; there is no teacher phase.
+- ``"distilled"`` (checkpoints without a ``teacher`` option: the earlier default), built from the paper's
+  description:
 
 - For every patch size ``p`` a *descriptor teacher* maps each ``p x p`` patch to a descriptor. It is a
   patch network: unpadded ("valid") convolutions, so a descriptor depends on its patch only. The image is
