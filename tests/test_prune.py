@@ -33,6 +33,7 @@ from anomopt.passes.prune import (
     find_channel_groups,
     kept_channels,
     ratio_for,
+    training_only_modules,
 )
 
 if sys.version_info >= (3, 11):
@@ -294,10 +295,17 @@ def test_student_parameters_fall_by_the_removed_channels(originals, pruned, name
 
 
 def test_training_only_modules_of_us_are_dropped(pruned) -> None:
+    # The default US (backbone descriptors) has nothing training-only: its teacher runs at inference.
     notes = pruned["us"].passes_report.records[0].notes
-    assert set(notes["dropped_training_only"]) == {"backbone", "teacher.project"}
+    assert not notes["dropped_training_only"]
+    # The distilled-teacher US (older checkpoints) trains through its backbone and projection only.
+    model = build_model("us", image_size=SIZE, pretrained=False, teacher="distilled", patch_sizes=[15]).eval()
+    assert set(training_only_modules(model, _images(1, 0))) == {"backbone", "teacher.project"}
+    ctx = PassContext(train_images=None)
+    graph = Prune(ratio=0.0, drop_training_only=True).run(capture(model, _images(1, 0)), ctx)
+    assert set(ctx.notes["dropped_training_only"]) == {"backbone", "teacher.project"}
     with pytest.raises(RuntimeError, match="dropped by the prune pass"):
-        pruned["us"].graph.model.distillation_loss(_images(2, 0))
+        graph.model.distillation_loss(_images(2, 0))
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -169,7 +169,24 @@ def test_shipped_results_file_is_well_formed() -> None:
 
 
 def _scripts() -> list[Path]:
-    return sorted(p for p in BENCH.glob("*.py") if p.name not in ("results_writer.py", "grid_common.py"))
+    """Every benchmark script except the shared modules and data producers, which declare
+    ``WRITES_RESULTS = False`` and name the script that reports their output."""
+    return sorted(
+        p for p in BENCH.glob("*.py")
+        if p.name not in ("results_writer.py", "grid_common.py") and "\nWRITES_RESULTS = False" not in p.read_text()
+    )
+
+
+@pytest.mark.parametrize("script", sorted(BENCH.glob("*.py")), ids=lambda p: p.name)
+def test_data_producers_name_their_reporter(script: Path) -> None:
+    """A script that writes no RESULTS.md section says which script reports its output, and that one exists."""
+    source = script.read_text()
+    if "\nWRITES_RESULTS = False" not in source:
+        return
+    reporter = re.search(r"\nREPORTED_BY = \"(benchmarks/\w+\.py)\"", source)
+    assert reporter, f"{script.name}: WRITES_RESULTS = False needs REPORTED_BY = \"benchmarks/<script>.py\""
+    assert (BENCH.parent / reporter.group(1)).is_file()
+    assert "publish" in (BENCH.parent / reporter.group(1)).read_text()
 
 
 @pytest.mark.parametrize("script", _scripts(), ids=lambda p: p.name)

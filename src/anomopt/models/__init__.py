@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from anomopt.errors import ConfigError
@@ -29,13 +30,15 @@ def build_model(
 ) -> KDModel:
     """Build ``stfpm``, ``rd`` or ``us`` on a registered backbone (weights loaded offline).
 
-    ``blur_sigma`` (in ``extra``) defaults to the model's :data:`RECIPES` entry, scaled to ``image_size``.
+    ``blur_sigma`` (in ``extra``) defaults to the model's :data:`RECIPES` entry, scaled to ``image_size``;
+    the entry's ``model_options`` fill the ``extra`` options not given.
     """
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     if image_size % 32 != 0 or image_size < 64:
         raise ConfigError(f"image_size must be a multiple of 32 and at least 64, not {image_size}")
     get_backbone_config(backbone)
+    extra = {**copy.deepcopy(dict(recipe_for(name).model_options)), **extra}
     blur = float(extra.pop("blur_sigma", recipe_for(name).blur_sigma * image_size / 256))
     config = ModelConfig(model=name, backbone=backbone, image_size=image_size, blur_sigma=blur, extra=extra)
     return MODELS[name](config, pretrained=pretrained, weights=weights)

@@ -1,6 +1,14 @@
 """Uninformed Students (Bergmann et al., CVPR 2020), dense and fully convolutional.
 
-Built from the paper's description:
+Two descriptor teachers (``teacher`` option):
+
+- ``"backbone"`` (the recipe, :data:`anomopt.models.RECIPES`): the frozen pretrained backbone's own features
+  are the descriptors, one scale per ``target_taps`` entry (resampled to the stride-4 grid), standardised
+  per channel (or whitened) with training-set statistics measured in the first epoch. Offline there are no
+  ImageNet patches to distil a general teacher from; the backbone already is one (its stride-4 tap describes
+  a 19 px patch). Students, scores and statistics are as below; there is no teacher phase.
+- ``"distilled"`` (checkpoints without a ``teacher`` option: the earlier default), built from the paper's
+  description:
 
 - For every patch size ``p`` a *descriptor teacher* maps each ``p x p`` patch to a descriptor. It is a
   patch network: unpadded ("valid") convolutions, so a descriptor depends on its patch only. The image is
@@ -38,6 +46,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from anomopt.errors import ConfigError
 from anomopt.models.backbones import feature_channels, get_backbone_config
 from anomopt.models.base import KDModel, ModelConfig, freeze
 from anomopt.models.head import LeanMapHead
@@ -46,23 +55,34 @@ from anomopt.models.teacher import Teacher
 STRIDE = 4
 
 
-def _valid_conv(cin: int, cout: int, kernel: int, stride: int = 1, bn: bool = True) -> nn.Sequential:
+def _valid_conv(
+    cin: int, cout: int, kernel: int, stride: int = 1, bn: bool = True, dilation: int = 1
+) -> nn.Sequential:
     """Unpadded conv + (BatchNorm) + ReLU: the output depends on its receptive field only."""
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride=stride, padding=0, bias=not bn)]
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=0, dilation=dilation, bias=not bn)
+    ]
     if bn:
         layers.append(nn.BatchNorm2d(cout))
     layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
 
-def patch_net(patch: int, descriptor: int = 128, width: int = 64, bn: bool = True) -> nn.Sequential:
-    """A stride-4 patch network with receptive field ``patch`` (7 + 8n: 15, 23, 31, ...), no padding."""
+def patch_net(
+    patch: int, descriptor: int = 128, width: int = 64, bn: bool = True, dilate: bool = False
+) -> nn.Sequential:
+    """A stride-4 patch network with receptive field ``patch`` (7 + 8n: 15, 23, 31, ...), no padding.
+
+    ``dilate`` grows the receptive field with dilation-2 3x3 convolutions (16 pixels each instead of 8), so a
+    large patch (e.g. 71) costs half the layers."""
     if patch < 15 or (patch - 7) % 8:
         raise ValueError(f"patch size must be 7 + 8n with n >= 1 (15, 23, 31, ...), not {patch}")
     layers = [_valid_conv(3, width // 2, 3, 2, bn), _valid_conv(width // 2, width, 3, 2, bn)]
     cin = width
-    for _ in range((patch - 7) // 8):
-        layers.append(_valid_conv(cin, 2 * width, 3, 1, bn))
+    units = (patch - 7) // 8
+    dilations = [2] * (units // 2) + [1] * (units % 2) if dilate else [1] * units
+    for d in dilations:
+        layers.append(_valid_conv(cin, 2 * width, 3, 1, bn, dilation=d))
         cin = 2 * width
     layers.append(_valid_conv(cin, descriptor, 1, 1, bn))
     layers.append(nn.Conv2d(descriptor, descriptor, 1))
@@ -119,12 +139,19 @@ class Students(nn.Module):
     """An ensemble of independently initialised students for one patch size."""
 
     def __init__(
-        self, count: int, patch: int, descriptor: int, width: int, bn: bool = True, pad_mode: str = "reflect"
+        self,
+        count: int,
+        patch: int,
+        descriptor: int,
+        width: int,
+        bn: bool = True,
+        pad_mode: str = "reflect",
+        dilate: bool = False,
     ) -> None:
         super().__init__()
         self.patch = patch
         self.pad_mode = pad_mode
-        self.members = nn.ModuleList(patch_net(patch, descriptor, width, bn) for _ in range(count))
+        self.members = nn.ModuleList(patch_net(patch, descriptor, width, bn, dilate) for _ in range(count))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = pad_for_patch(x, self.patch, self.pad_mode)
@@ -132,22 +159,57 @@ class Students(nn.Module):
 
 
 class StudentEnsembles(nn.Module):
-    """One student ensemble per patch size."""
+    """One student ensemble per patch size (``descriptor``: one size for all, or one per patch size)."""
 
     def __init__(
         self,
         count: int,
         patches: Sequence[int],
-        descriptor: int,
+        descriptor: int | Sequence[int],
         width: int,
         bn: bool = True,
         pad_mode: str = "reflect",
+        dilate: bool = False,
     ) -> None:
         super().__init__()
-        self.scales = nn.ModuleList(Students(count, p, descriptor, width, bn, pad_mode) for p in patches)
+        dims = [descriptor] * len(patches) if isinstance(descriptor, int) else list(descriptor)
+        self.scales = nn.ModuleList(
+            Students(count, p, d, width, bn, pad_mode, dilate) for p, d in zip(patches, dims, strict=True)
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [s(x) for s in self.scales]
+
+
+class BackboneDescriptors(nn.Module):
+    """The pretrained backbone's own features as the descriptor teacher (``teacher="backbone"``).
+
+    One descriptor per scale: the tapped feature map (timm feature index ``taps[i]``) resampled bilinearly
+    to the students' stride-4 grid (``ceil(H/4) x ceil(W/4)``), then standardised per channel (or whitened)
+    with a fixed 1x1 convolution whose weights are the training set's statistics (set by the model)."""
+
+    def __init__(
+        self, backbone: str, pretrained: bool, weights: Any, taps: Sequence[int], channels: Sequence[int]
+    ) -> None:
+        super().__init__()
+        self.taps = tuple(int(t) for t in taps)
+        self.unique = tuple(sorted(set(self.taps)))
+        self.features = freeze(Teacher(backbone, pretrained, weights, taps=list(self.unique)))
+        self.standardize = nn.ModuleList(_identity_conv(int(c)) for c in channels)
+
+    def raw(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h, w = -(-x.shape[-2] // STRIDE), -(-x.shape[-1] // STRIDE)
+        feats = dict(zip(self.unique, self.features(x), strict=True))
+        out = []
+        for t in self.taps:
+            f = feats[t]
+            if f.shape[-2:] != (h, w):
+                f = F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False)
+            out.append(f)
+        return out
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [std(d) for std, d in zip(self.standardize, self.raw(x), strict=True)]
 
 
 class _Moments:
@@ -259,23 +321,48 @@ class UninformedStudents(KDModel):
         self.precise_bn = bool(extra.get("precise_bn", True))
         self.shrink = float(extra.get("whiten_shrink", 1e-3))
         channels = feature_channels(self.config.backbone)
-        self.target_taps = tuple(int(i) for i in extra.get("target_taps", (0,)))
-        # The backbone is built only up to the deepest target tap: the rest would be dead compute.
-        self._backbone_taps = tuple(sorted(set(self.target_taps)))
         backbone_cfg = get_backbone_config(self.config.backbone)
-        taps = [backbone_cfg.taps[i] for i in self._backbone_taps]
-        self.backbone = freeze(Teacher(self.config.backbone, pretrained, weights, taps=taps))
-        targets = sum(channels[i] for i in self.target_taps)
         bn = bool(extra.get("batchnorm", True))
         teacher_bn = bool(extra.get("teacher_batchnorm", bn))
         student_bn = bool(extra.get("student_batchnorm", bn))
-        self.teacher = DescriptorTeacher(self.patches, descriptor, width, targets, teacher_bn, pad_mode)
-        self.student = StudentEnsembles(n_students, self.patches, descriptor, width, student_bn, pad_mode)
+        dilate = bool(extra.get("dilate", False))
+        self.teacher_kind = str(extra.get("teacher", "distilled"))
+        if self.teacher_kind == "backbone":
+            # One scale per entry of ``target_taps`` (indices into the backbone's scales), each with its own
+            # student ensemble of receptive field ``patch_sizes[i]``; no teacher phase.
+            self.target_taps = tuple(int(i) for i in extra.get("target_taps", (0,)))
+            if len(self.target_taps) != len(self.patches):
+                raise ConfigError(
+                    f"teacher='backbone' needs one target tap per patch size: {len(self.target_taps)} taps "
+                    f"for patch sizes {self.patches}"
+                )
+            dims = [channels[i] for i in self.target_taps]
+            self.backbone = None
+            self.teacher = BackboneDescriptors(
+                self.config.backbone, pretrained, weights, [backbone_cfg.taps[i] for i in self.target_taps], dims
+            )
+            self.student = StudentEnsembles(n_students, self.patches, dims, width, student_bn, pad_mode, dilate)
+        elif self.teacher_kind == "distilled":
+            self.target_taps = tuple(int(i) for i in extra.get("target_taps", (0,)))
+            # The backbone is built only up to the deepest target tap: the rest would be dead compute.
+            self._backbone_taps = tuple(sorted(set(self.target_taps)))
+            taps = [backbone_cfg.taps[i] for i in self._backbone_taps]
+            self.backbone = freeze(Teacher(self.config.backbone, pretrained, weights, taps=taps))
+            targets = sum(channels[i] for i in self.target_taps)
+            self.teacher = DescriptorTeacher(self.patches, descriptor, width, targets, teacher_bn, pad_mode)
+            self.student = StudentEnsembles(
+                n_students, self.patches, descriptor, width, student_bn, pad_mode, dilate
+            )
+        else:
+            raise ConfigError(f"us teacher must be 'backbone' or 'distilled', not {self.teacher_kind!r}")
         self.head = LeanMapHead(self.config.image_size, combine="sum", blur_sigma=self.config.blur_sigma)
         # Per patch size: mean and std of the regression error and of the predictive variance (training set).
         norm = torch.tensor([[0.0, 1.0, 0.0, 1.0]]).repeat(len(self.patches), 1)
         self.register_buffer("score_norm", norm)
-        self.teacher_fraction = float(extra.get("teacher_fraction", 0.4))
+        default_fraction = 0.4 if self.teacher_kind == "distilled" else 0.0
+        self.teacher_fraction = float(extra.get("teacher_fraction", default_fraction))
+        if self.teacher_kind == "backbone":
+            self.teacher_fraction = 0.0  # nothing to distil: the students train from the first epoch
         self.phase = "students"  # a loaded (trained) model is past the teacher phase
         self._scheduled = False  # set_epoch not called yet: the optimizer must cover both phases
         self._collect_descriptors = False
@@ -297,7 +384,7 @@ class UninformedStudents(KDModel):
         self.phase = "teacher" if epoch < teacher_epochs else "students"
         if self.phase == "teacher" and previous != "teacher":
             self._target_moments = _Moments()
-        if self.phase == "teacher" and epoch == teacher_epochs - 1 and self.precise_bn:
+        if self.phase == "teacher" and epoch == teacher_epochs - 1 and self.precise_bn and self.backbone is not None:
             _cumulative_batchnorm(self.teacher.nets)  # exact BatchNorm statistics of the final teacher
         if epoch == total - 1 and self.phase == "students" and self.precise_bn:
             _cumulative_batchnorm(self.student)
@@ -361,8 +448,9 @@ class UninformedStudents(KDModel):
 
     def train(self, mode: bool = True) -> UninformedStudents:
         nn.Module.train(self, mode)
-        self.backbone.eval()
-        if self.phase == "students":
+        if self.backbone is not None:
+            self.backbone.eval()
+        if self.phase == "students" or self.backbone is None:
             self.teacher.eval()
         return self
 
@@ -370,7 +458,7 @@ class UninformedStudents(KDModel):
         """What the current phase trains; before the first ``set_epoch`` both phases (the trainer builds its
         optimizer once, before scheduling)."""
         parts: list[nn.Module] = []
-        if not self._scheduled or self.phase == "teacher":
+        if self.backbone is not None and (not self._scheduled or self.phase == "teacher"):
             parts += [self.teacher.nets, self.teacher.project]
         if not self._scheduled or self.phase == "students":
             parts.append(self.student)
@@ -387,7 +475,10 @@ class UninformedStudents(KDModel):
         """The descriptor teachers' target: the backbone's features at the patch centres, concatenated.
 
         Each tapped map (overall stride ``s``, "same" padding: cell ``i`` centred on pixel ``s*i + s - 1``) is
-        sampled bilinearly at the centres of the teachers' stride-4 patches (pixel ``4*j + 2``)."""
+        sampled bilinearly at the centres of the teachers' stride-4 patches (pixel ``4*j + 2``). With
+        ``teacher="backbone"``: the backbone descriptors before their standardisation, one per scale."""
+        if self.backbone is None:
+            return self.teacher.raw(x)
         feats = dict(zip(self._backbone_taps, self.backbone(x), strict=True))
         h, w = -(-x.shape[-2] // STRIDE), -(-x.shape[-1] // STRIDE)
         out = []
@@ -463,11 +554,12 @@ class UninformedStudents(KDModel):
         if self.phase == "teacher":
             return self._teacher_loss(x, targets[0])
         with torch.no_grad():
+            raws = targets if self.backbone is None else self.teacher.raw(x)
             if self._collect_descriptors and self.training:
-                for m, raw in zip(self._desc_moments, self.teacher.raw(x), strict=True):
+                for m, raw in zip(self._desc_moments, raws, strict=True):
                     m.add(raw.float(), cross=True)
                 self._store_descriptor_stats()
-            desc = self.teacher(x)
+            desc = [std(r.float()) for std, r in zip(self.teacher.standardize, raws, strict=True)]
         preds = self.student_features(x, desc)
         if self._collect_scores and self.training:
             with torch.no_grad():
