@@ -21,9 +21,9 @@ from anomopt.passes import (
     load_pipeline,
     resolve_pass,
 )
-from anomopt.passes.fake_quant import quantized_layers
 from anomopt.passes.mixed_precision import AutoMixedPrecision
 from anomopt.quant import FakeQuantizer, QuantScheme, RangeCollector, compute_range
+from anomopt.quant.attach import quantized_layers
 from conftest import ToyKD, randomize_bn
 
 

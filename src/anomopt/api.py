@@ -35,13 +35,13 @@ from anomopt.passes import (
     PipelineReport,
     Tolerance,
     load_pipeline,
-    pipeline_path,
     resolve_pass,
 )
 from anomopt.passes.gate import evaluate_graph
+from anomopt.precision import Precision
 from anomopt.runtime.predictor import OnnxRunner
-from anomopt.targets import TargetSpec, get_target
-from anomopt.targets.lower import lower_graph, precision_name
+from anomopt.targets import TargetSpec, get_target, pipeline_path
+from anomopt.targets.lower import lower_graph
 
 HELD_IMAGES = 8
 
@@ -103,14 +103,14 @@ class OptimizedModel:
         An existing ``directory`` is replaced whole only when it is empty or an earlier artifact, unless
         ``overwrite``; never when it holds one of ``inputs`` (e.g. the checkpoint) or the working folder.
         """
-        from anomopt.targets.export import save_artifact
+        from anomopt.targets.artifact import save_artifact
 
         return save_artifact(self, Path(directory), overwrite=overwrite, inputs=tuple(inputs))
 
 
 def _as_pipeline(passes: Any, target: TargetSpec, bits: int, variant: str | None) -> Pipeline:
     if passes is None:
-        return load_pipeline(pipeline_path(target.name, bits, variant))
+        return load_pipeline(pipeline_path(target, bits, variant))
     if isinstance(passes, Pipeline):
         return passes
     if isinstance(passes, (str, os.PathLike)) and str(passes).endswith(".toml"):
@@ -145,17 +145,18 @@ def _validation_set(
 def _ensure_lowered(graph: ModelGraph, spec: TargetSpec, bits: int, ctx: PassContext) -> None:
     """Lower the graph now when the pipeline did not, so thresholds are fitted on the deployed model."""
     record = graph.meta.get("artifact")
+    precision = Precision.from_bits(bits)
     if (
         isinstance(record, dict)
         and record.get("target") == spec.name
-        and record.get("precision") == precision_name(bits)
+        and record.get("precision") == precision.value
         and Path(record.get("model", "")).is_file()
     ):
         return
     out = (
-        Path(ctx.workdir) / f"artifact-{spec.name}-{precision_name(bits)}"
+        Path(ctx.workdir) / f"artifact-{spec.name}-{precision}"
         if ctx.workdir
-        else make_work_dir(f"anomopt-{spec.name}-{precision_name(bits)}-")
+        else make_work_dir(f"anomopt-{spec.name}-{precision}-")
     )
     record = lower_graph(graph, spec, bits, out, ctx.calib_images)
     record["notes"]["lowered_by"] = "optimize() before re-fitting thresholds (the pipeline had no 'lower' pass)"

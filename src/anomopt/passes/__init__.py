@@ -7,7 +7,7 @@ from anomopt.passes.fold_bn import FoldBatchNorm
 from anomopt.passes.gate import AccuracyGate
 from anomopt.passes.manager import PassManager, PipelineReport
 from anomopt.passes.mixed_precision import AutoMixedPrecision
-from anomopt.passes.pipeline import Pipeline, available_pipelines, load_pipeline, pipeline_path
+from anomopt.passes.pipeline import Pipeline, available_pipelines, load_pipeline, shipped_pipeline
 from anomopt.passes.prune import Prune
 from anomopt.passes.qat import QATFineTune
 from anomopt.passes.registry import PASS_REGISTRY, register_pass, resolve_pass
@@ -32,7 +32,7 @@ __all__ = [
     "Tolerance",
     "available_pipelines",
     "load_pipeline",
-    "pipeline_path",
+    "shipped_pipeline",
     "register_pass",
     "resolve_pass",
 ]

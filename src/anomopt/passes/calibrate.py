@@ -14,8 +14,8 @@ import torch
 from anomopt.errors import DataError
 from anomopt.graph import ModelGraph
 from anomopt.passes.base import Pass, PassContext
-from anomopt.passes.fake_quant import quantized_layers
 from anomopt.quant import RangeCollector, compute_range
+from anomopt.quant.attach import quantized_layers
 
 
 def _collect(

@@ -12,7 +12,7 @@ import torch
 from anomopt.errors import DataError
 from anomopt.graph import ModelGraph
 from anomopt.passes.base import Pass, PassContext
-from anomopt.passes.fake_quant import recalibrate_weights
+from anomopt.quant.attach import recalibrate_weights
 
 
 class QATFineTune(Pass):

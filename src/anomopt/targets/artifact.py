@@ -8,7 +8,11 @@ Layout (written atomically: a reader sees the old folder or the complete new one
     calib.cache       TensorRT implicit INT8 only
     build_engine.sh   TensorRT targets: the trtexec command to run on the device
 
-If the pipeline ended with ``lower``, its files are reused; otherwise the graph is lowered here.
+It writes what :func:`anomopt.api.optimize` produced (the files its ``lower`` step wrote, the report, the
+thresholds) and nothing more: a model that was never lowered is an error, not lowered here. The backend
+that lowered it adds its own ``meta.json`` entries (TensorRT: version, sm, quantization, trtexec command).
+The format's names (``meta.json``, format version, input/output names) live in
+:mod:`anomopt.runtime.predictor`, the reader, which imports no torch.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from typing import Any
 import numpy as np
 
 from anomopt import __version__
+from anomopt.errors import TargetError
 from anomopt.io import atomic_dir
-from anomopt.outputs import dir_mode, make_work_dir, prepare_output_dir
+from anomopt.outputs import dir_mode, prepare_output_dir
+from anomopt.precision import Precision
 from anomopt.runtime.predictor import (
     ARTIFACT_FORMAT,
     ARTIFACT_FORMAT_VERSION,
@@ -30,7 +36,6 @@ from anomopt.runtime.predictor import (
     MODEL_FILE,
     sha256_file,
 )
-from anomopt.targets.lower import lower_graph, precision_name
 from anomopt.targets.onnx_export import INPUT_NAME, MAP_NAME, SCORE_NAME
 
 
@@ -66,16 +71,24 @@ def _relative_to_artifact(value: Any, lowered_dir: Path) -> Any:
     return value
 
 
-def _lowered_record(optimized_model: Any) -> dict[str, Any] | None:
+def _lowered_record(optimized_model: Any) -> dict[str, Any]:
+    """The artifact record ``optimize()`` left on the graph; a :class:`TargetError` when it is missing
+    or is not for this target and precision."""
     record = optimized_model.graph.meta.get("artifact")
+    target = optimized_model.target
+    precision = Precision.from_bits(int(optimized_model.bits))
     if not isinstance(record, dict):
-        return None
-    if record.get("target") != optimized_model.target.name or record.get("precision") != precision_name(
-        optimized_model.bits
-    ):
-        return None
+        raise TargetError(
+            f"nothing to save: the {optimized_model.pipeline.name!r} pipeline did not lower the model; add the "
+            "'lower' pass at its end (or pass val=... / data_root=..., which lowers it to re-fit thresholds)"
+        )
+    if record.get("target") != target.name or record.get("precision") != precision.value:
+        raise TargetError(
+            f"nothing to save: the model was lowered for {record.get('target')} {record.get('precision')}, "
+            f"not {target.name} {precision.value}"
+        )
     if not Path(record.get("model", "")).is_file():
-        return None
+        raise TargetError(f"nothing to save: the lowered model {record.get('model')} is gone (its folder was removed)")
     return record
 
 
@@ -86,95 +99,86 @@ def save_artifact(optimized_model: Any, out_dir: Path, overwrite: bool = False, 
     ``overwrite``), never when it holds one of ``inputs`` or the working folder, and under a lock
     (:func:`anomopt.outputs.prepare_output_dir`).
     """
-    with prepare_output_dir(out_dir, "artifact", overwrite=overwrite, inputs=inputs, flag="output"):
-        return _save(optimized_model, Path(out_dir))
-
-
-def _save(optimized_model: Any, out_dir: Path) -> Path:
-    graph = optimized_model.graph
-    target = optimized_model.target
-    bits = int(optimized_model.bits)
-    record = _lowered_record(optimized_model)
-    lowered_here = record is None
-    scratch = None
-    if record is None:
-        scratch = make_work_dir("anomopt-save-")
-        calib = None
-        extra_notes = {}
-        if bits == 8 and target.runtime == "onnxruntime":
-            from anomopt.calibration_data import noise_images
-
-            cfg = graph.model.config
-            calib = noise_images(32, cfg.image_size, cfg.backbone, seed=0)
-            extra_notes["ort_calibration_images"] = (
-                "random-normal noise (32): the model was not lowered by the pipeline, so no calibration "
-                "images were kept; conv inputs still use the calibrated torch ranges. Add the 'lower' pass "
-                "to lower with the calibration images."
-            )
-        record = lower_graph(graph, target, bits, scratch, calib)
-        record["notes"].update(extra_notes)
-    try:
-        src = Path(record["dir"])
-        cfg = graph.model.config
-        size = int(cfg.image_size)
-        with atomic_dir(out_dir) as tmp:
-            for name in record["files"]:
-                shutil.copyfile(src / name, tmp / name)
-                if name.endswith(".sh"):
-                    (tmp / name).chmod(dir_mode())  # executable, as the umask allows (0755)
-            report = dict(optimized_model.report)
-            report["artifact"] = {k: v for k, v in record.items() if k not in ("dir", "model")}
-            report["artifact"]["lowered_at_save"] = lowered_here
-            report = _relative_to_artifact(_jsonable(report), src)
-            (tmp / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-            files = {}
-            for path in sorted(tmp.iterdir()):
-                if path.is_file() and path.name != META_FILE:
-                    files[path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-            meta = {
-                "format": ARTIFACT_FORMAT,
-                "format_version": ARTIFACT_FORMAT_VERSION,
-                "anomopt_version": __version__,
-                "model": cfg.model,
-                "backbone": cfg.backbone,
-                "model_config": _jsonable(cfg.to_dict()),
-                "target": target.name,
-                "runtime": target.runtime,
-                "precision": precision_name(bits),
-                "image_size": size,
-                "input": {
-                    "name": INPUT_NAME,
-                    "shape": ["N", 3, size, size],
-                    "dtype": "float32",
-                    "range": [0.0, 1.0],
-                    "layout": "NCHW RGB",
-                },
-                "outputs": {
-                    "score": {"name": SCORE_NAME, "shape": ["N"], "dtype": "float32"},
-                    "map": {"name": MAP_NAME, "shape": ["N", 1, size, size], "dtype": "float32"},
-                },
-                "categories": list(optimized_model.categories),
-                "normalization": _jsonable(optimized_model.normalization),
-                # which model the statistics and thresholds were fitted on, on which images, by which policy
-                "normalization_source": _jsonable(graph.meta.get("normalization_source")),
-                "calibration": _jsonable(graph.meta.get("calibration")),
-                "quant": _jsonable(graph.meta.get("quant")) if bits == 8 else None,
-                "kept_fp": list(graph.meta.get("kept_fp", []) or []),
-                "pipeline": optimized_model.pipeline.name,
-                "files": files,
-            }
-            if target.runtime == "tensorrt":
-                meta["tensorrt"] = {
-                    "version": target.trt_version,
-                    "sm": target.sm,
-                    "quantization": record.get("quantization"),
-                    "trtexec": record.get("trtexec"),
-                }
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+    record = _lowered_record(optimized_model)  # before touching out_dir
+    with (
+        prepare_output_dir(out_dir, "artifact", overwrite=overwrite, inputs=inputs, flag="output"),
+        atomic_dir(Path(out_dir)) as tmp,
+    ):
+        _copy_files(record, tmp)
+        (tmp / "report.json").write_text(_dumps(_report(optimized_model, record)))
+        meta = _meta(optimized_model, record, _file_hashes(tmp))
+        (tmp / META_FILE).write_text(_dumps(meta))
     return Path(out_dir)
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def _copy_files(record: dict[str, Any], folder: Path) -> None:
+    """The lowered files, into the artifact folder being written."""
+    src = Path(record["dir"])
+    for name in record["files"]:
+        shutil.copyfile(src / name, folder / name)
+        if name.endswith(".sh"):
+            (folder / name).chmod(dir_mode())  # executable, as the umask allows (0755)
+
+
+def _report(optimized_model: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """``report.json``: the optimization report, with the lowering record's paths made relative."""
+    report = dict(optimized_model.report)
+    report["artifact"] = {k: v for k, v in record.items() if k not in ("dir", "model", "meta")}
+    return _relative_to_artifact(_jsonable(report), Path(record["dir"]))
+
+
+def _file_hashes(folder: Path) -> dict[str, dict[str, Any]]:
+    """SHA-256 and size of every file written so far (``meta.json`` itself excluded)."""
+    return {
+        path.name: {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        for path in sorted(folder.iterdir())
+        if path.is_file() and path.name != META_FILE
+    }
+
+
+def _meta(optimized_model: Any, record: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+    """``meta.json``: what the runtime needs (contract, thresholds, hashes) and where the model came from."""
+    graph = optimized_model.graph
+    cfg = graph.model.config
+    size = int(cfg.image_size)
+    quantized = record["precision"] == Precision.INT8.value
+    return {
+        "format": ARTIFACT_FORMAT,
+        "format_version": ARTIFACT_FORMAT_VERSION,
+        "anomopt_version": __version__,
+        "model": cfg.model,
+        "backbone": cfg.backbone,
+        "model_config": _jsonable(cfg.to_dict()),
+        "target": record["target"],
+        "runtime": record["runtime"],
+        "precision": record["precision"],
+        "image_size": size,
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["N", 3, size, size],
+            "dtype": "float32",
+            "range": [0.0, 1.0],
+            "layout": "NCHW RGB",
+        },
+        "outputs": {
+            "score": {"name": SCORE_NAME, "shape": ["N"], "dtype": "float32"},
+            "map": {"name": MAP_NAME, "shape": ["N", 1, size, size], "dtype": "float32"},
+        },
+        "categories": list(optimized_model.categories),
+        "normalization": _jsonable(optimized_model.normalization),
+        # which model the statistics and thresholds were fitted on, on which images, by which policy
+        "normalization_source": _jsonable(graph.meta.get("normalization_source")),
+        "calibration": _jsonable(graph.meta.get("calibration")),
+        "quant": _jsonable(graph.meta.get("quant")) if quantized else None,
+        "kept_fp": list(graph.meta.get("kept_fp", []) or []),
+        "pipeline": optimized_model.pipeline.name,
+        "files": files,
+        **_jsonable(record.get("meta") or {}),  # the backend's own entries (TensorRT: "tensorrt")
+    }
 
 
 __all__ = ["MODEL_FILE", "save_artifact"]

@@ -38,8 +38,8 @@ ENGINE_FILE = "model_trt.ep"
 @contextlib.contextmanager
 def all_quantizers_off(model: nn.Module) -> Iterator[None]:
     """anomopt's and ModelOpt's quantizers switched off for the block (the FP32 graph), restored after."""
+    from anomopt.quant.attach import quantizers_disabled
     from anomopt.targets.modelopt_quant import modelopt_quantizers
-    from anomopt.targets.onnx_export import quantizers_disabled
 
     mo = list(modelopt_quantizers(model).values())
     try:
