@@ -11,8 +11,8 @@ Layout (written atomically: a reader sees the old folder or the complete new one
 It writes what :func:`anomopt.api.optimize` produced (the files its ``lower`` step wrote, the report, the
 thresholds) and nothing more: a model that was never lowered is an error, not lowered here. The backend
 that lowered it adds its own ``meta.json`` entries (TensorRT: version, sm, quantization, trtexec command).
-The format's names (``meta.json``, format version, input/output names) live in
-:mod:`anomopt.runtime.predictor`, the reader, which imports no torch.
+The format id and version and the file names live in :mod:`anomopt.runtime.predictor`, the torch-free
+reader; the input/output tensor names come from :mod:`anomopt.targets.onnx_export`.
 """
 
 from __future__ import annotations
