@@ -1,8 +1,9 @@
 """What a backend is: the object that turns an optimized graph into one runtime's deployable files.
 
-A backend is chosen by the ``runtime`` column of the target table (:mod:`anomopt.targets.spec`), never by
-branching on the runtime name elsewhere. It gets a :class:`LoweringJob` (the graph, the target row, the precision,
-the folders, the calibration images, the ``lower`` options it declared) and returns a :class:`Lowered`:
+A backend is chosen by the ``runtime`` column of the target table (:mod:`anomopt.targets.spec`), never
+by branching on the runtime name elsewhere. It gets a :class:`LoweringJob` (the graph, the target row, the
+precision, the folders, the calibration images, the ``lower`` options it declared) and returns a
+:class:`Lowered`:
 the files it wrote into ``job.out`` (``model.onnx`` first), what the drift runner stands for, notes, and
 the extra ``meta.json`` entries its runtime needs. Adding a runtime = one file in this folder defining a
 :class:`Backend` subclass decorated with :func:`anomopt.targets.backends.register_backend`, plus one row
