@@ -121,7 +121,7 @@ def test_supported_ops_are_checked_against_the_lowered_model(toy_target, monkeyp
 
 
 def test_an_option_the_backend_does_not_read_is_refused(toy_target):
-    with pytest.raises(ConfigError, match="lower: option 'trt_quantization' does not apply to target 'toybox'.*greeting"):
+    with pytest.raises(ConfigError, match="option 'trt_quantization' does not apply to target 'toybox'.*greeting"):
         optimize(ToyKD(SIZE), "toybox", 32, calib=_images(8), passes=[("lower", {"trt_quantization": "implicit"})],
                  progress=False)
     with pytest.raises(ConfigError, match="option 'dla_core' does not apply to target 'cpu'"):
