@@ -163,5 +163,19 @@ def test_shipped_targets_lower_within_their_supported_ops(tmp_path):
     """The real rows' op lists hold what the exporter writes for a model (FP32 and INT8 QDQ)."""
     for target, bits in (("cpu", 8), ("orin", 8)):
         om = optimize(ToyKD(SIZE), target, bits, calib=_images(8), calib_samples=8, progress=False)
-        lowered = onnx.load(om.graph.meta["artifact"]["model"])
+        lowered = onnx.load(om.graph.state.artifact["model"])
         assert not get_target(target).unsupported_ops({n.op_type for n in lowered.graph.node})
+
+
+def test_the_lower_pass_documents_the_builtin_backends_options():
+    """``lower``'s declared options are the common ones plus each built-in backend's, with its defaults."""
+    import dataclasses
+
+    from anomopt.targets.lower import Lower
+
+    declared = {f.name: f.default for f in dataclasses.fields(Lower.Options)}
+    backends = [get_backend(r) for r in builtin_runtimes()]
+    from_backends = {k: v for b in backends for k, v in b.options.items()}
+    assert set(declared) == set(from_backends) | set(Backend.COMMON_OPTIONS)
+    for key, default in {**from_backends, **Backend.COMMON_OPTIONS}.items():
+        assert declared[key] == default, key

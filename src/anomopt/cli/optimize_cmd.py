@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from anomopt.cli.common import DefaultsHelpFormatter, require_positive
+from anomopt.cli.common import DefaultsHelpFormatter, flag_pass_options, require_positive
 from anomopt.errors import ConfigError
 from anomopt.io import write_json_atomic
 from anomopt.outputs import prepare_output_dir, work_dir
@@ -150,8 +150,8 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 
 def _pass_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Per-pass options from the flags; only flags that were given, so a pipeline without the pass is
-    not handed options for it."""
+    """Per-pass options from the flags that were given (``flag_pass_options`` then keeps those of the
+    passes the pipeline runs); the Jetson flags go to ``lower``, whose backend refuses them for ``cpu``."""
     options: dict[str, dict[str, Any]] = {}
     if args.calib_method:
         options.setdefault("calibrate", {})["method"] = args.calib_method
@@ -188,6 +188,8 @@ def _run(args: argparse.Namespace) -> int:
                            ("max_pixel_auroc_drop", args.max_pixel_auroc_drop))
         if value is not None
     }
+    variant = quantizer_variant(args.quantizer, args.variant, args.pipeline)
+    pipeline, options = flag_pass_options(args.pipeline, args.target, args.bits, variant, _pass_options(args))
     with work_dir("anomopt-optimize-") as work:  # lowering's files; removed on success and on failure
         om = optimize(
             args.checkpoint,  # optimize() refuses one without thresholds and re-fits them on the artifact
@@ -196,11 +198,10 @@ def _run(args: argparse.Namespace) -> int:
             calib=calib,
             eval=test,
             tolerance=tolerance or None,
-            passes=args.pipeline,
-            variant=quantizer_variant(args.quantizer, args.variant, args.pipeline),
+            passes=pipeline,
             calib_source=args.calib_source if calib is not None else "noise",
             calib_samples=args.calib_samples,
-            pass_options=_pass_options(args),
+            pass_options=options,
             workdir=work,
             seed=args.seed,
             progress=not args.quiet,

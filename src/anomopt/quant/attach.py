@@ -70,7 +70,7 @@ def quantizers_disabled(model: nn.Module) -> Iterator[None]:
 
 def quantized_layers(graph: ModelGraph) -> list[str]:
     """Names of the layers carrying fake quantizers."""
-    return list(graph.meta.get("quantized_layers", []))
+    return list(graph.state.quantized_layers)
 
 
 def set_layer_quantized(graph: ModelGraph, name: str, enabled: bool) -> None:

@@ -74,7 +74,7 @@ def _relative_to_artifact(value: Any, lowered_dir: Path) -> Any:
 def _lowered_record(optimized_model: Any) -> dict[str, Any]:
     """The artifact record ``optimize()`` left on the graph; a :class:`TargetError` when it is missing
     or is not for this target and precision."""
-    record = optimized_model.graph.meta.get("artifact")
+    record = optimized_model.graph.state.artifact
     target = optimized_model.target
     precision = Precision.from_bits(int(optimized_model.bits))
     if not isinstance(record, dict):
@@ -90,6 +90,11 @@ def _lowered_record(optimized_model: Any) -> dict[str, Any]:
     if not Path(record.get("model", "")).is_file():
         raise TargetError(f"nothing to save: the lowered model {record.get('model')} is gone (its folder was removed)")
     return record
+
+
+def _record(value: Any) -> Any:
+    """A graph-state record (``to_dict()``) or None, as plain data."""
+    return None if value is None else _jsonable(value.to_dict())
 
 
 def save_artifact(optimized_model: Any, out_dir: Path, overwrite: bool = False, inputs: tuple = ()) -> Path:
@@ -171,10 +176,10 @@ def _meta(optimized_model: Any, record: dict[str, Any], files: dict[str, Any]) -
         "categories": list(optimized_model.categories),
         "normalization": _jsonable(optimized_model.normalization),
         # which model the statistics and thresholds were fitted on, on which images, by which policy
-        "normalization_source": _jsonable(graph.meta.get("normalization_source")),
-        "calibration": _jsonable(graph.meta.get("calibration")),
-        "quant": _jsonable(graph.meta.get("quant")) if quantized else None,
-        "kept_fp": list(graph.meta.get("kept_fp", []) or []),
+        "normalization_source": _jsonable(optimized_model.normalization_source),
+        "calibration": _record(graph.state.calibration),
+        "quant": _record(graph.state.quant) if quantized else None,
+        "kept_fp": list(graph.state.kept_fp),
         "pipeline": optimized_model.pipeline.name,
         "files": files,
         **_jsonable(record.get("meta") or {}),  # the backend's own entries (TensorRT: "tensorrt")

@@ -17,6 +17,7 @@ is a :class:`ConfigError`.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import weakref
 from pathlib import Path
@@ -29,9 +30,11 @@ from anomopt.errors import PipelineError, TargetError
 from anomopt.graph import ModelGraph
 from anomopt.outputs import make_work_dir, signals_deferred
 from anomopt.passes.base import Pass, PassContext
+from anomopt.passes.options import option
+from anomopt.passes.registry import register_pass
 from anomopt.precision import Precision
 from anomopt.runtime.predictor import OnnxRunner
-from anomopt.targets.backends import LoweringJob, get_backend
+from anomopt.targets.backends import LoweringJob, backend_option_names, get_backend
 from anomopt.targets.spec import TargetSpec
 
 BUNDLES = ("onnx", "torch_tensorrt")
@@ -55,7 +58,7 @@ def lower_graph(
     opts = backend.resolve_options(options, target.name)
     if str(opts["backend"]) not in BUNDLES:
         raise TargetError(f"lower: backend must be 'onnx' or 'torch_tensorrt', not {opts['backend']!r}")
-    if precision is Precision.INT8 and not graph.meta.get("quantized_layers"):
+    if precision is Precision.INT8 and not graph.state.quantized_layers:
         raise TargetError("INT8 lowering needs the insert_fake_quant and calibrate passes before 'lower'")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,11 +98,32 @@ def check_supported_ops(model_path: str | Path, target: TargetSpec) -> None:
         )
 
 
+@register_pass
 class Lower(Pass):
     """Lower to the target's deployable artifact and route ``graph.predict`` through it."""
 
     name = "lower"
     provides = frozenset({"lowered"})
+
+    @dataclasses.dataclass
+    class Options:
+        backend: str = option("onnx", "onnx | torch_tensorrt (adds the torch-tensorrt bundle; Jetson targets)")
+        trt_quantization: str = option("explicit", "TensorRT INT8: explicit (Q/DQ) | implicit (calibration cache)")
+        use_torch_ranges: bool = option(True, "CPU INT8: conv inputs take the torch quantizers' ranges")
+        float_consumers: bool = option(True, "CPU INT8: float consumers read the unquantized tensor, as in torch")
+        cache_bins: int = option(512, "histogram bins of the TensorRT implicit calibration cache")
+        dla_core: int | None = option(None, "trtexec --useDLACore (Jetson DLA core)")
+        workspace_mib: int = option(1024, "trtexec workspace in MiB")
+        fp16_fallback: bool = option(False, "trtexec --fp16 beside --int8 (FP16 for layers left float)")
+        threads: int | None = option(None, "ONNX Runtime threads of the runner that scores the lowered model")
+
+    def configure(self, **options: Any) -> None:
+        """The declared options above, plus any option a backend declares (a new runtime's own options need
+        no change here); the target's backend checks them when the pass runs."""
+        declared = {f.name for f in dataclasses.fields(self.Options)} | set(self.TOLERANCE_KEYS)
+        extra = {k: options.pop(k) for k in list(options) if k not in declared and k in backend_option_names()}
+        super().configure(**options)
+        self.backend_options: dict[str, Any] = {**getattr(self, "backend_options", {}), **extra}
 
     def run(self, graph: ModelGraph, ctx: PassContext) -> ModelGraph:
         # requires {"calibrated"} at 8 bits only: the bits come with the context, so it is checked here
@@ -117,21 +141,31 @@ class Lower(Pass):
                     out = Path(ctx.workdir) / f"artifact-{ctx.target.name}-{Precision.from_bits(ctx.bits)}"
                 else:  # a marked temp folder: removed with the runner, at exit, or by the next run if killed
                     out = scratch = make_work_dir(f"anomopt-{ctx.target.name}-{Precision.from_bits(ctx.bits)}-")
-            record = lower_graph(graph, ctx.target, ctx.bits, out, ctx.calib_images, self.options, log=ctx.log)
-            runner = OnnxRunner(record["model"], threads=self.options.get("threads"), description=record["runner"])
+            # only the options the pipeline gave: the target's backend fills its own defaults and refuses
+            # an option it does not read (a TensorRT option on the cpu target, say)
+            record = lower_graph(
+                graph,
+                ctx.target,
+                ctx.bits,
+                out,
+                ctx.calib_images,
+                {**self.given_options, **self.backend_options},
+                log=ctx.log,
+            )
+            runner = OnnxRunner(record["model"], threads=self.options.threads, description=record["runner"])
         except BaseException:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
             raise
         if scratch is not None:
             weakref.finalize(runner, shutil.rmtree, scratch, True)
-        graph.meta["artifact"] = record
+        graph.state.artifact = record
         graph.runner = runner
-        graph.meta["last_pass_notes"] = {
-            "artifact": record["dir"],
-            "precision": record["precision"],
-            "runner": record["runner"],
+        ctx.note(
+            artifact=record["dir"],
+            precision=record["precision"],
+            runner=record["runner"],
             **({"trtexec": " ".join(record["trtexec"])} if "trtexec" in record else {}),
             **record["notes"],
-        }
+        )
         return graph

@@ -36,6 +36,14 @@ def builtin_runtimes() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name != "base")
 
 
+def backend_option_names() -> set[str]:
+    """Every ``lower`` option some backend reads (built-in backends imported to ask them)."""
+    for runtime in builtin_runtimes():
+        if runtime not in _BACKENDS:
+            importlib.import_module(f"{__name__}.{runtime}")
+    return {name for cls in _BACKENDS.values() for name in cls.options}
+
+
 def get_backend(runtime: str) -> Backend:
     """A fresh backend object for ``runtime`` (a target row's ``runtime``)."""
     if runtime not in _BACKENDS and runtime in builtin_runtimes():
@@ -52,6 +60,7 @@ __all__ = [
     "Backend",
     "Lowered",
     "LoweringJob",
+    "backend_option_names",
     "builtin_runtimes",
     "get_backend",
     "register_backend",

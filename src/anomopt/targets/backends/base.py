@@ -58,7 +58,8 @@ class LoweringJob:
         """Who quantized the graph: ``anomopt`` (its fake quantizers) or ``modelopt`` (NVIDIA ModelOpt)."""
         if not self.quantized:
             return "anomopt"
-        return str((self.graph.meta.get("quant") or {}).get("backend", "anomopt"))
+        quant = self.graph.state.quant
+        return quant.backend if quant is not None else "anomopt"
 
 
 @dataclass

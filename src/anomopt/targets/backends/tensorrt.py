@@ -542,7 +542,8 @@ def _write_implicit_cache(job: LoweringJob) -> dict[str, Any]:
     """``calib.cache`` beside the FP32 ``model.onnx``: entropy ranges of the quantized roles' tensors."""
     if job.calib_images is None:
         raise TargetError("TensorRT implicit INT8 needs calibration images for the cache")
-    roles = SCOPES.get(str((job.graph.meta.get("quant") or {}).get("scope", "student")), ("student",))
+    quant = job.graph.state.quant
+    roles = SCOPES.get(quant.scope if quant is not None else "student", ("student",))
     ranges = calibration_ranges(job.model_path, job.calib_images, roles=roles, num_bins=int(job.options["cache_bins"]))
     version = cache_version(job.target.trt_version)
     write_calibration_cache(job.out / "calib.cache", ranges, version=version)
