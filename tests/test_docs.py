@@ -14,7 +14,7 @@ def test_pass_authoring_example_runs():
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
     assert blocks, "no python example in docs/pass_authoring.md"
     namespace: dict = {"__name__": "docs_example"}
-    exec(compile(blocks[0], str(DOC), "exec"), namespace)  # noqa: S102 - our own documentation
+    exec(compile(blocks[0], str(DOC), "exec", dont_inherit=True), namespace)  # noqa: S102 - our own documentation
     om = namespace["om"]
     assert om.report["kept_fp"] == ["student.features.conv_stem"]
     assert [p["name"] for p in om.report["passes"]][-2:] == ["keep_stem_fp", "lower"]
