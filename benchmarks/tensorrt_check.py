@@ -173,7 +173,7 @@ def build_artifacts(args: argparse.Namespace) -> Path:
         out = root / mode
         if (out / "meta.json").is_file():
             continue
-        argv = ["export", args.checkpoint, "--target", "xavier_nx", *specs[mode], "--calib-data", args.data,
+        argv = ["optimize", args.checkpoint, "--target", "xavier_nx", *specs[mode], "--data", args.data,
                 "--calib-samples", str(args.calib_samples), "--out", str(out), "--quiet"]
         print("anomopt " + " ".join(argv), flush=True)
         if cli(argv) != 0:
