@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomopt.models.backbones import feature_channels
-from anomopt.models.base import KDModel, MapHead, ModelConfig, freeze
+from anomopt.models.base import KDModel, ModelConfig, freeze
+from anomopt.models.head import LeanMapHead
 from anomopt.models.layers import conv_bn_relu, upsample_block
 from anomopt.models.teacher import Teacher
 
@@ -79,7 +80,7 @@ class ReverseDistillation(KDModel):
         self.config = config or ModelConfig(model="rd")
         self.teacher = freeze(Teacher(self.config.backbone, pretrained, weights))
         self.student = Student(feature_channels(self.config.backbone))
-        self.head = MapHead(self.config.image_size, combine="sum", blur_sigma=self.config.blur_sigma)
+        self.head = LeanMapHead(self.config.image_size, combine="sum", blur_sigma=self.config.blur_sigma)
 
     def teacher_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.teacher(x)
