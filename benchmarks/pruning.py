@@ -48,8 +48,9 @@ from anomopt.graph import capture
 from anomopt.inference import predict_dataset, stack_images
 from anomopt.metrics import evaluate_predictions
 from anomopt.models import build_model
-from anomopt.passes import load_pipeline, pipeline_path
+from anomopt.passes import load_pipeline
 from anomopt.passes.prune import conv_macs
+from anomopt.targets import pipeline_path
 from anomopt.targets.onnx_export import INPUT_NAME, export_onnx
 from anomopt.train import TrainConfig, train_model
 from grid_common import per_category_subset  # noqa: E402  (benchmarks/ is on sys.path)
@@ -205,7 +206,7 @@ def int8_artifact(model: torch.nn.Module, calib: torch.Tensor, work: Path, scope
         if path is not None:
             return Path(path), om.graph
     # The lowering pass is not registered (or wrote no ONNX): lower by hand, as it does.
-    from anomopt.targets.ort_lowering import quantize_ort_int8
+    from anomopt.targets.backends.onnxruntime import quantize_ort_int8
 
     calibrate = ("calibrate", {"method": "percentile", "percentile": 99.99})
     passes = ["fold_batchnorm", ("insert_fake_quant", {"scope": scope}), calibrate]

@@ -125,7 +125,7 @@ def quantized_convs(onnx_path: str | os.PathLike[str], calib_cache: str | os.Pat
     producers = {o: n for n in proto.graph.node for o in n.output}
     convs = [n for n in proto.graph.node if n.op_type == "Conv"]
     if calib_cache is not None:
-        from anomopt.targets.tensorrt import read_calibration_cache
+        from anomopt.targets.backends.tensorrt import read_calibration_cache
 
         _, scales = read_calibration_cache(calib_cache)
         return [n.name for n in convs if n.input[0] in scales and n.name.startswith("/student/")]
@@ -173,7 +173,7 @@ def build_artifacts(args: argparse.Namespace) -> Path:
         out = root / mode
         if (out / "meta.json").is_file():
             continue
-        argv = ["export", args.checkpoint, "--target", "xavier_nx", *specs[mode], "--calib-data", args.data,
+        argv = ["optimize", args.checkpoint, "--target", "xavier_nx", *specs[mode], "--data", args.data,
                 "--calib-samples", str(args.calib_samples), "--out", str(out), "--quiet"]
         print("anomopt " + " ".join(argv), flush=True)
         if cli(argv) != 0:
@@ -183,7 +183,7 @@ def build_artifacts(args: argparse.Namespace) -> Path:
 
 def plan(jobs: list[Job], args: argparse.Namespace) -> list[dict[str, Any]]:
     """What the run would do, per job (the --dry-run output)."""
-    from anomopt.targets.tensorrt import trtexec_command
+    from anomopt.targets.backends.tensorrt import trtexec_command
 
     out = []
     for j in jobs:
@@ -280,7 +280,7 @@ def build(job: Job, args: argparse.Namespace) -> tuple[Any, str, float]:  # prag
     """Build the serialized engine with the TensorRT API (detailed profiling for the inspector)."""
     import tensorrt as trt
 
-    from anomopt.targets.tensorrt import _cache_calibrator
+    from anomopt.targets.backends.tensorrt import _cache_calibrator
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)

@@ -174,7 +174,8 @@ def test_latency_aware_pass_on_a_synthetic_table(tmp_path):
 
 def test_cpu_int8_fast_pipeline_is_shipped():
     import anomopt.api  # noqa: F401  (registers the 'lower' pass)
-    from anomopt.passes import load_pipeline, pipeline_path
+    from anomopt.passes import load_pipeline
+    from anomopt.targets import pipeline_path
 
     pipeline = load_pipeline(pipeline_path("cpu", 8, "fast"))
     names = [p.name for p in pipeline.passes]

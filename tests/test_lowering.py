@@ -11,14 +11,13 @@ import torch
 from anomopt.api import optimize
 from anomopt.models import build_model
 from anomopt.passes.drift import relative_l2
-from anomopt.passes.fake_quant import set_layer_quantized
+from anomopt.quant.attach import quantizers_disabled, set_layer_quantized
+from anomopt.targets.backends.onnxruntime import CALIBRATION_METHODS, integer_kernel_counts, quantize_ort_int8
 from anomopt.targets.onnx_export import (
     _module_name_from_scope,
     export_onnx,
     initializer_bytes_by_role,
-    quantizers_disabled,
 )
-from anomopt.targets.ort_lowering import CALIBRATION_METHODS, integer_kernel_counts, quantize_ort_int8
 
 SIZE = 64
 PTQ = ["fold_batchnorm", "insert_fake_quant", ("calibrate", {"method": "percentile"})]

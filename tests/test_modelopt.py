@@ -15,8 +15,9 @@ from anomopt.api import optimize
 from anomopt.errors import ConfigError, TargetError
 from anomopt.models import build_model
 from anomopt.normalization import fit_normalization
-from anomopt.passes import load_pipeline, pipeline_path
-from anomopt.targets import tensorrt as trt
+from anomopt.passes import load_pipeline
+from anomopt.targets import pipeline_path
+from anomopt.targets.backends import tensorrt as trt
 from anomopt.targets.modelopt_quant import modelopt_quantizers, quantizer_variant
 
 SIZE = 64

@@ -24,9 +24,9 @@ from anomopt.passes import (
     option,
     resolve_pass,
 )
-from anomopt.passes.fake_quant import quantized_layers
 from anomopt.passes.mixed_precision import AutoMixedPrecision
 from anomopt.quant import FakeQuantizer, QuantScheme, RangeCollector, compute_range
+from anomopt.quant.attach import quantized_layers
 from conftest import ToyKD, randomize_bn
 
 

@@ -266,13 +266,13 @@ def test_load_image_matches_training_reader(tmp_path):
         load_image(tmp_path / "missing.png", SIZE)
 
 
-def test_save_lowers_when_the_pipeline_did_not(tmp_path):
+def test_save_writes_the_model_the_pipeline_lowered(tmp_path):
     om = optimize(
         build_model("us", image_size=SIZE),
         "cpu",
         32,
         calib_source="noise",
-        passes=["fold_batchnorm"],
+        passes=["fold_batchnorm", "lower"],
         progress=False,
     )
     art = om.save(tmp_path / "us-fp32")
@@ -280,4 +280,4 @@ def test_save_lowers_when_the_pipeline_did_not(tmp_path):
     x = _images(2, seed=5)
     ref, _ = om.predict(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0)
     np.testing.assert_allclose(pred.run(x)[0], ref, rtol=1e-4)
-    assert json.loads((art / "report.json").read_text())["artifact"]["lowered_at_save"] is True
+    assert json.loads((art / "report.json").read_text())["artifact"]["files"] == ["model.onnx"]

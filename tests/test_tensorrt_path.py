@@ -19,7 +19,7 @@ from anomopt.models import build_model
 from anomopt.normalization import fit_normalization
 from anomopt.passes.drift import relative_l2
 from anomopt.runtime import Predictor
-from anomopt.targets import tensorrt as trt
+from anomopt.targets.backends import tensorrt as trt
 from anomopt.targets.onnx_export import export_onnx
 
 SIZE = 64

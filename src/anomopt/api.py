@@ -36,13 +36,13 @@ from anomopt.passes import (
     PipelineReport,
     Tolerance,
     load_pipeline,
-    pipeline_path,
     resolve_pass,
 )
 from anomopt.passes.gate import evaluate_graph
+from anomopt.precision import Precision
 from anomopt.runtime.predictor import OnnxRunner
-from anomopt.targets import TargetSpec, get_target
-from anomopt.targets.lower import lower_graph, precision_name
+from anomopt.targets import TargetSpec, get_target, pipeline_path
+from anomopt.targets.lower import lower_graph
 
 HELD_IMAGES = 8
 
@@ -105,7 +105,7 @@ class OptimizedModel:
         An existing ``directory`` is replaced whole only when it is empty or an earlier artifact, unless
         ``overwrite``; never when it holds one of ``inputs`` (e.g. the checkpoint) or the working folder.
         """
-        from anomopt.targets.export import save_artifact
+        from anomopt.targets.artifact import save_artifact
 
         return save_artifact(self, Path(directory), overwrite=overwrite, inputs=tuple(inputs))
 
@@ -118,7 +118,7 @@ def resolve_pipeline(passes: Any, target: TargetSpec, bits: int, variant: str | 
     """The pipeline :func:`optimize` runs: the target's shipped one for ``bits`` (and ``variant``) when
     ``passes`` is None, else ``passes`` (a ``.toml`` path, a :class:`Pipeline` or a list of passes)."""
     if passes is None:
-        return load_pipeline(pipeline_path(target.name, bits, variant))
+        return load_pipeline(pipeline_path(target, bits, variant))
     if isinstance(passes, Pipeline):
         return passes
     if isinstance(passes, (str, os.PathLike)) and str(passes).endswith(".toml"):
@@ -192,17 +192,18 @@ def _without_validation(pool: Any, val_set: Dataset | None, reporter: Any, what:
 def _ensure_lowered(graph: ModelGraph, spec: TargetSpec, bits: int, ctx: PassContext) -> None:
     """Lower the graph now when the pipeline did not, so thresholds are fitted on the deployed model."""
     record = graph.state.artifact
+    precision = Precision.from_bits(bits)
     if (
         isinstance(record, dict)
         and record.get("target") == spec.name
-        and record.get("precision") == precision_name(bits)
+        and record.get("precision") == precision.value
         and Path(record.get("model", "")).is_file()
     ):
         return
     out = (
-        Path(ctx.workdir) / f"artifact-{spec.name}-{precision_name(bits)}"
+        Path(ctx.workdir) / f"artifact-{spec.name}-{precision}"
         if ctx.workdir
-        else make_work_dir(f"anomopt-{spec.name}-{precision_name(bits)}-")
+        else make_work_dir(f"anomopt-{spec.name}-{precision}-")
     )
     record = lower_graph(graph, spec, bits, out, ctx.calib_images)
     record["notes"]["lowered_by"] = "optimize() before re-fitting thresholds (the pipeline had no 'lower' pass)"

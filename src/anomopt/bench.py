@@ -454,9 +454,9 @@ def strip_qdq(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
 
 def quantization_profile(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What of an ONNX model runs in integer kernels: ONNX Runtime's fused kernels per role
-    (:func:`anomopt.targets.ort_lowering.integer_kernel_counts`), the share of conv MACs in the roles that
+    (:func:`anomopt.targets.backends.onnxruntime.integer_kernel_counts`), the share of conv MACs in the roles that
     got integer convs, and how many of the quantized convs are depthwise."""
-    from anomopt.targets.ort_lowering import integer_kernel_counts
+    from anomopt.targets.backends.onnxruntime import integer_kernel_counts
 
     counts = integer_kernel_counts(path)
     by_role = {r: v for r, v in counts["by_role"].items()}

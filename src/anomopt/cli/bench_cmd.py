@@ -22,7 +22,7 @@ def register(subparsers: Any) -> None:
         description=(
             "Benchmark ARTIFACT_OR_CHECKPOINT on this CPU against its FP32 baseline. An INT8 artifact folder is "
             "timed in ONNX Runtime next to its FP32 twin (the same ONNX with Q/DQ folded away); a checkpoint is "
-            "timed as FP32 torch eager, FP32 ONNX Runtime and INT8 ONNX Runtime (calibrated on --calib-data, or "
+            "timed as FP32 torch eager, FP32 ONNX Runtime and INT8 ONNX Runtime (calibrated on --data, or "
             "on random-normal noise when absent, which times the same kernels). Batch-1 latency p50/p90/p99 "
             "after warm-up, the speed-up over FP32 ONNX Runtime, batch-N throughput, peak RSS per backend (each "
             "in its own process), the convs that run in integer kernels per role, and the machine's load."
@@ -35,7 +35,8 @@ def register(subparsers: Any) -> None:
     bench.add_argument("--iters", type=int, default=50, help="timed batch-1 runs (default: 50)")
     bench.add_argument("--warmup", type=int, default=10, help="untimed warm-up runs (default: 10)")
     bench.add_argument("--batch", type=int, default=8, help="throughput batch size (default: 8)")
-    bench.add_argument("--calib-data", metavar="DIR", help="checkpoint mode: calibration data set root")
+    bench.add_argument("--data", metavar="DIR", help="checkpoint mode: calibration data set root")
+    bench.add_argument("--calib-data", dest="data", help=argparse.SUPPRESS)  # the old spelling
     bench.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     bench.set_defaults(func=run_bench)
 
@@ -177,11 +178,11 @@ def _bench_checkpoint(
     for bits in (32, 8):
         calib = None
         source = "noise"
-        if bits == 8 and args.calib_data:
+        if bits == 8 and args.data:
             from anomopt.data import load_mvtec
 
             calib = load_mvtec(
-                args.calib_data, list(payload.get("categories") or []) or "all", "train", image_size=size
+                args.data, list(payload.get("categories") or []) or "all", "train", image_size=size
             )
             source = "train"
         om = optimize(model, "cpu", bits, calib=calib, calib_source=source, workdir=work / str(bits), progress=False)

@@ -21,13 +21,13 @@ from anomopt.errors import AnomoptError
 # one-line helps here stand in for a module whose registration needs a package of the training extra.
 COMMAND_MODULES: dict[str, dict[str, str]] = {
     "anomopt.cli.data_cmd": {"data": "make or check anomaly-detection data sets"},
-    "anomopt.cli.train_cmd": {
-        "train": "train a unified (or one-class) KD anomaly model",
+    "anomopt.cli.train_cmd": {"train": "train a unified (or one-class) KD anomaly model"},
+    "anomopt.cli.evaluate_cmd": {
         "evaluate": "evaluate a checkpoint: per-category image/pixel AUROC, AUPRO, F1-max",
     },
-    "anomopt.cli.optimize_cmd": {"optimize": "optimize a trained checkpoint for a target"},
-    "anomopt.cli.export_cmd": {
-        "export": "optimize a trained checkpoint for a target and write the deployable artifact folder",
+    "anomopt.cli.optimize_cmd": {
+        "optimize": "optimize a trained checkpoint for a target and write the deployable artifact folder",
+        "export": "alias of optimize",
     },
     "anomopt.cli.bench_cmd": {
         "bench": "measure latency, throughput and memory of an artifact folder or a checkpoint",

@@ -39,7 +39,7 @@ def quantize_all_convs(fp32_path: str | os.PathLike[str], out_path: str | os.Pat
 
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from anomopt.targets.ort_lowering import ImageReader, _useful_glue, keep_float_consumers
+    from anomopt.targets.backends.onnxruntime import ImageReader, _useful_glue, keep_float_consumers
 
     proto = onnx.load(str(fp32_path))
     convs = {n.name for n in proto.graph.node if n.op_type == "Conv"}

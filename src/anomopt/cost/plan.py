@@ -51,7 +51,7 @@ class PrecisionPlan:
 
 class _Estimator:
     def __init__(self, proto: onnx.ModelProto, shapes: dict[str, ConvShape], cost: CostModel, roles: Iterable[str]):
-        from anomopt.targets.ort_lowering import _useful_glue
+        from anomopt.targets.backends.onnxruntime import _useful_glue
 
         self._glue = _useful_glue
         self.proto = proto

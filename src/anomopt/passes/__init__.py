@@ -13,7 +13,7 @@ from anomopt.passes.latency_precision import LatencyAwarePrecision
 from anomopt.passes.manager import PassManager, PipelineReport
 from anomopt.passes.mixed_precision import AutoMixedPrecision
 from anomopt.passes.options import option
-from anomopt.passes.pipeline import Pipeline, available_pipelines, load_pipeline, pipeline_path
+from anomopt.passes.pipeline import Pipeline, available_pipelines, load_pipeline, shipped_pipeline
 from anomopt.passes.prune import Prune
 from anomopt.passes.qat import QATFineTune
 from anomopt.passes.registry import BUILTIN_PASSES, PASS_REGISTRY, known_passes, register_pass, resolve_pass
@@ -39,7 +39,7 @@ __all__ = [
     "known_passes",
     "load_pipeline",
     "option",
-    "pipeline_path",
+    "shipped_pipeline",
     "register_pass",
     "resolve_pass",
 ]

@@ -15,10 +15,10 @@ import torch
 from anomopt.errors import DataError
 from anomopt.graph import CalibrationRecord, ModelGraph
 from anomopt.passes.base import Pass, PassContext
-from anomopt.passes.fake_quant import quantized_layers
 from anomopt.passes.options import option
 from anomopt.passes.registry import register_pass
 from anomopt.quant import RangeCollector, compute_range
+from anomopt.quant.attach import quantized_layers
 
 
 def _collect(

@@ -11,71 +11,16 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from typing import Any
 
-import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from anomopt.errors import ConfigError
 from anomopt.graph import ModelGraph, QuantRecord
 from anomopt.passes.base import Pass, PassContext
 from anomopt.passes.options import option
 from anomopt.passes.registry import register_pass
-from anomopt.quant import FakeQuantizer, QuantScheme
-
-SCOPES = {"student": ("student",), "teacher": ("teacher",), "all": ("teacher", "student")}
-
-
-def _quantize_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    return (module.input_quantizer(args[0]),) + tuple(args[1:])
-
-
-def attach_quantizers(conv: nn.Conv2d, weight: QuantScheme, act: QuantScheme) -> None:
-    """Give ``conv`` a weight parametrization and an input quantizer (idempotent)."""
-    if getattr(conv, "input_quantizer", None) is not None:
-        return
-    wq = FakeQuantizer(weight, channels=conv.out_channels)
-    with torch.no_grad():
-        bound = conv.weight.detach().abs().amax(dim=tuple(range(1, conv.weight.dim())))
-    wq.set_range(-bound, bound)
-    parametrize.register_parametrization(conv, "weight", wq)
-    conv.input_quantizer = FakeQuantizer(act)
-    conv.register_forward_pre_hook(_quantize_input)
-
-
-def weight_quantizer(conv: nn.Module) -> FakeQuantizer | None:
-    """The weight quantizer of a quantized conv, if any."""
-    if parametrize.is_parametrized(conv, "weight"):
-        q = conv.parametrizations.weight[0]
-        return q if isinstance(q, FakeQuantizer) else None
-    return None
-
-
-def quantized_layers(graph: ModelGraph) -> list[str]:
-    """Names of the layers carrying fake quantizers."""
-    return list(graph.state.quantized_layers)
-
-
-def set_layer_quantized(graph: ModelGraph, name: str, enabled: bool) -> None:
-    """Switch one layer's weight and input quantizers on or off (mixed precision)."""
-    conv = graph.module(name)
-    conv.input_quantizer.enabled = enabled
-    wq = weight_quantizer(conv)
-    if wq is not None:
-        wq.enabled = enabled
-
-
-def recalibrate_weights(graph: ModelGraph) -> None:
-    """Re-derive per-channel weight ranges from the current weights (after QAT steps, say)."""
-    for name in quantized_layers(graph):
-        conv = graph.module(name)
-        wq = weight_quantizer(conv)
-        if wq is None:
-            continue
-        w = conv.parametrizations.weight.original.detach()
-        bound = w.abs().amax(dim=tuple(range(1, w.dim())))
-        wq.set_range(-bound, bound)
+from anomopt.quant import QuantScheme
+from anomopt.quant.attach import SCOPES, attach_quantizers, weight_quantizer
 
 
 @register_pass

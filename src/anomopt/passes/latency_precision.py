@@ -19,10 +19,10 @@ from typing import Any
 
 from anomopt.graph import ModelGraph
 from anomopt.passes.base import Pass, PassContext
-from anomopt.passes.fake_quant import SCOPES, quantized_layers, set_layer_quantized
 from anomopt.passes.mixed_precision import AutoMixedPrecision
 from anomopt.passes.options import option
 from anomopt.passes.registry import register_pass
+from anomopt.quant.attach import SCOPES, quantized_layers, set_layer_quantized
 
 
 @register_pass

@@ -16,9 +16,9 @@ from anomopt.errors import DataError
 from anomopt.graph import ModelGraph
 from anomopt.passes.base import Pass, PassContext
 from anomopt.passes.drift import measure_drift
-from anomopt.passes.fake_quant import quantized_layers, set_layer_quantized
 from anomopt.passes.options import option
 from anomopt.passes.registry import register_pass
+from anomopt.quant.attach import quantized_layers, set_layer_quantized
 
 
 def _outputs(graph: ModelGraph, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

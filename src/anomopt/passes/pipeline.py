@@ -58,12 +58,9 @@ def available_pipelines() -> list[str]:
     return sorted(p.stem for p in pipelines_dir().glob("*.toml"))
 
 
-def pipeline_path(target: str, bits: int, variant: str | None = None) -> Path:
-    """The shipped pipeline file for a target x precision (``variant`` e.g. ``qat`` or ``prune``)."""
-    precision = {8: "int8", 16: "fp16", 32: "fp32"}.get(bits)
-    if precision is None:
-        raise ConfigError(f"bits must be 8, 16 or 32, not {bits}")
-    name = f"{target}-{precision}" + (f"-{variant}" if variant else "")
+def shipped_pipeline(name: str) -> Path:
+    """The shipped pipeline file called ``name`` (e.g. ``cpu-int8``; a target's row names its pipelines:
+    :func:`anomopt.targets.pipeline_path`)."""
     path = pipelines_dir() / f"{name}.toml"
     if not path.is_file():
         raise ConfigError(f"no shipped pipeline {name!r}; available: {', '.join(available_pipelines())}")

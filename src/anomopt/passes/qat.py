@@ -13,9 +13,9 @@ from anomopt.distill_loop import finetune_adam
 from anomopt.errors import DataError
 from anomopt.graph import ModelGraph, QATRecord
 from anomopt.passes.base import Pass, PassContext
-from anomopt.passes.fake_quant import recalibrate_weights
 from anomopt.passes.options import option
 from anomopt.passes.registry import register_pass
+from anomopt.quant.attach import recalibrate_weights
 
 
 @register_pass

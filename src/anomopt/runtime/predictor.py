@@ -21,12 +21,13 @@ import onnxruntime as ort
 
 from anomopt.errors import CheckpointError, DataError
 from anomopt.normalization import DEFAULT_IMAGE_Z, DEFAULT_PIXEL_Z, category_entry, validate_normalization
+from anomopt.precision import PRECISION_NAMES
 
 ARTIFACT_FORMAT = "anomopt-artifact"
 ARTIFACT_FORMAT_VERSION = 1
 MODEL_FILE = "model.onnx"
 META_FILE = "meta.json"
-PRECISIONS = ("int8", "fp16", "fp32")
+PRECISIONS = PRECISION_NAMES
 MAX_IMAGE_SIZE = 8192
 _REQUIRED = (
     "format",

@@ -37,9 +37,9 @@ from torch import nn
 from anomopt.errors import ConfigError, DataError, TargetError
 from anomopt.graph import CalibrationRecord, ModelGraph, QuantRecord
 from anomopt.passes.base import Pass, PassContext
-from anomopt.passes.fake_quant import SCOPES
 from anomopt.passes.options import option
 from anomopt.passes.registry import register_pass
+from anomopt.quant.attach import SCOPES
 
 METHODS = ("max", "entropy", "percentile")
 INSTALL_HINT = "pip install 'anomopt[modelopt]' (nvidia-modelopt>=0.47, requests, huggingface_hub)"
@@ -250,8 +250,8 @@ class ModeloptQuantize(Pass):
 def export_modelopt_qdq(graph: ModelGraph, path: str | os.PathLike[str], opset: int = 17) -> Any:
     """Export a ModelOpt-quantized graph as a TensorRT explicit-quantization ONNX (legacy exporter) and
     check it: Q/DQ present, int8 and symmetric. Returns the :class:`OnnxExport`."""
+    from anomopt.targets.backends.tensorrt import qdq_summary
     from anomopt.targets.onnx_export import export_onnx
-    from anomopt.targets.tensorrt import qdq_summary
 
     if not modelopt_quantizers(graph.model):
         raise TargetError("no enabled ModelOpt quantizers: run the modelopt_quantize pass before 'lower'")

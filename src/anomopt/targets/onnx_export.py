@@ -19,7 +19,6 @@ import contextlib
 import io
 import os
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from anomopt.errors import TargetError
-from anomopt.quant import FakeQuantizer
+from anomopt.quant.attach import fake_quantizers, quantizers_disabled
 
 INPUT_NAME = "images"
 SCORE_NAME = "score"
@@ -50,25 +49,6 @@ class OnnxExport:
     image_size: int
     conv_map: dict[str, str] = field(default_factory=dict)  # ONNX Conv node name -> torch module name
     notes: dict[str, Any] = field(default_factory=dict)
-
-
-def fake_quantizers(model: nn.Module) -> list[FakeQuantizer]:
-    """Every fake quantizer in ``model`` (weight parametrizations and input quantizers)."""
-    return [m for m in model.modules() if isinstance(m, FakeQuantizer)]
-
-
-@contextlib.contextmanager
-def quantizers_disabled(model: nn.Module) -> Iterator[None]:
-    """Switch every fake quantizer off for the block; restore each one's flag afterwards."""
-    quantizers = fake_quantizers(model)
-    flags = [q.enabled for q in quantizers]
-    try:
-        for q in quantizers:
-            q.enabled = False
-        yield
-    finally:
-        for q, flag in zip(quantizers, flags, strict=False):
-            q.enabled = flag
 
 
 def role_of_onnx_name(name: str) -> str:
@@ -350,11 +330,6 @@ def _execution_order(model: nn.Module) -> list[str]:
     for n in order:
         seen.setdefault(n, None)
     return list(seen)
-
-
-def onnx_node_roles(proto: onnx.ModelProto) -> dict[str, str]:
-    """Role of every node of an exported (not yet quantized) model, from its scope name."""
-    return {n.name: role_of_onnx_name(n.name) for n in proto.graph.node}
 
 
 def initializer_bytes_by_role(proto: onnx.ModelProto) -> dict[str, int]:

@@ -1,10 +1,20 @@
-"""Target specs as data (Ultralytics-style table): what each deployment target runs and how."""
+"""The target table: one row per deployment target, and the row drives lowering.
+
+A row names its ``runtime``, which picks the backend (:mod:`anomopt.targets.backends`, one file per
+runtime); ``precisions`` are what it runs; ``symmetric_activations`` sets the quantizer scheme of
+``insert_fake_quant``; ``onnx_opset`` the export; ``supported_ops`` is checked against every lowered
+``model.onnx``; ``pipelines`` names the shipped pipeline per precision; ``trt_version``, ``sm`` and
+``dla_cores`` go to the TensorRT backend (calibration cache header, ``meta.json``, the ``dla_core`` check).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from anomopt.errors import TargetError
+from anomopt.errors import ConfigError, TargetError
+from anomopt.passes.pipeline import shipped_pipeline
+from anomopt.precision import Precision
 
 
 @dataclass(frozen=True)
@@ -13,68 +23,97 @@ class TargetSpec:
 
     name: str
     description: str
-    runtime: str  # onnxruntime | tensorrt
-    precisions: tuple[int, ...]  # bits it runs: 32, 16, 8
+    runtime: str  # the backend: a file in anomopt/targets/backends/ (onnxruntime | tensorrt)
+    precisions: tuple[Precision, ...]  # what it runs
     symmetric_activations: bool  # False: asymmetric uint8 (ORT x86); True: symmetric int8 (TensorRT)
-    weight_per_channel: bool = True
     onnx_opset: int = 17
-    supported_ops: tuple[str, ...] = ()
-    default_calibration: str = "percentile"
+    supported_ops: tuple[str, ...] = ()  # ONNX op types its runtime runs; empty: not checked
     trt_version: str | None = None  # e.g. "8.5" (JetPack 5)
     sm: str | None = None  # CUDA compute capability
-    dla_cores: int = 0
-    pipelines: dict[int, str] = field(default_factory=dict)  # bits -> shipped pipeline name
+    dla_cores: int = 0  # DLA engines a TensorRT build may target (dla_core 0 .. dla_cores-1)
+    pipelines: dict[Precision, str] = field(default_factory=dict)  # precision -> shipped pipeline name
 
-    def check_bits(self, bits: int) -> None:
-        """Raise a clear error when the target cannot run ``bits``."""
-        if bits not in self.precisions:
-            names = {32: "FP32", 16: "FP16", 8: "INT8"}
-            have = ", ".join(names.get(b, str(b)) for b in self.precisions)
-            raise TargetError(
-                f"target {self.name!r} does not run {names.get(bits, f'{bits}-bit')}; it runs {have}"
-            )
+    def check_bits(self, bits: int | Precision) -> Precision:
+        """The precision of ``bits``; a clear error when the target cannot run it."""
+        try:
+            precision = Precision.parse(bits)
+        except ConfigError:
+            precision = None
+        if precision not in self.precisions:
+            have = ", ".join(p.label for p in self.precisions)
+            asked = precision.label if precision is not None else f"{bits}-bit"
+            raise TargetError(f"target {self.name!r} does not run {asked}; it runs {have}")
+        return precision
+
+    def pipeline_name(self, bits: int | Precision, variant: str | None = None) -> str:
+        """The shipped pipeline of this target at ``bits`` (``variant``: e.g. ``qat``, ``prune``)."""
+        precision = self.check_bits(bits)
+        base = self.pipelines.get(precision)
+        if base is None:
+            raise ConfigError(f"target {self.name!r} ships no pipeline for {precision.label}")
+        return f"{base}-{variant}" if variant else base
+
+    def unsupported_ops(self, op_types: set[str] | list[str]) -> list[str]:
+        """The op types in ``op_types`` this target's runtime is not listed to run (none when the row
+        lists no ops)."""
+        if not self.supported_ops:
+            return []
+        return sorted(set(op_types) - set(self.supported_ops))
 
 
-_ORT_OPS = ("Conv", "Relu", "Clip", "Add", "Mul", "Sub", "Div", "Concat", "Resize", "Pad", "ReduceMax",
-            "ReduceSum", "ReduceMean", "Pow", "Sqrt", "QuantizeLinear", "DequantizeLinear")
-_TRT_OPS = _ORT_OPS
+#: ONNX ops the exporter writes for anomopt's models (measured: STFPM, RD and US lowered for cpu and orin at
+#: FP32, FP16 and INT8 explicit / implicit), plus the plain CNN ops other backbones and unfolded graphs
+#: bring (pooling, BatchNormalization, ConvTranspose, reshapes). Each is run by ONNX Runtime's CPU kernels
+#: and listed as supported in onnx-tensorrt's operator matrix (docs/operators.md, TensorRT 8.4 and later).
+_CNN_OPS = (
+    # measured
+    "Add", "Clip", "Concat", "Conv", "DequantizeLinear", "Div", "Expand", "Flatten", "MatMul", "Max", "Mul",
+    "Pad", "Pow", "QuantizeLinear", "ReduceL2", "ReduceMax", "ReduceMean", "ReduceSum", "Relu", "Resize",
+    "Shape", "Slice", "Sqrt", "Sub", "Unsqueeze",
+    # other backbones, unfolded BatchNorm, shape glue
+    "AveragePool", "BatchNormalization", "Cast", "Constant", "ConvTranspose", "Gather", "Gemm",
+    "GlobalAveragePool", "Identity", "LeakyRelu", "MaxPool", "Min", "Reshape", "Sigmoid", "Squeeze", "Transpose",
+)
+_ORT_OPS = _CNN_OPS
+_TRT_OPS = _CNN_OPS  # every entry is "Y" in onnx-tensorrt's matrix; QLinearConv / ConvInteger are not
 
 TARGETS: dict[str, TargetSpec] = {
     "cpu": TargetSpec(
         name="cpu",
         description="ONNX Runtime on x86 (VNNI: uint8 activations x int8 weights, QDQ) or ARM",
         runtime="onnxruntime",
-        precisions=(32, 8),
+        precisions=(Precision.FP32, Precision.INT8),
         symmetric_activations=False,
         supported_ops=_ORT_OPS,
-        default_calibration="percentile",
-        pipelines={32: "cpu-fp32", 8: "cpu-int8"},
+        pipelines={Precision.FP32: "cpu-fp32", Precision.INT8: "cpu-int8"},
     ),
     "xavier_nx": TargetSpec(
         name="xavier_nx",
         description="NVIDIA Jetson Xavier NX, TensorRT 8.5 (JetPack 5), sm_72, INT8/FP16, optional DLA",
         runtime="tensorrt",
-        precisions=(32, 16, 8),
+        precisions=(Precision.FP32, Precision.FP16, Precision.INT8),
         symmetric_activations=True,
         supported_ops=_TRT_OPS,
-        default_calibration="entropy",
         trt_version="8.5",
         sm="7.2",
         dla_cores=2,
-        pipelines={32: "xavier_nx-fp32", 16: "xavier_nx-fp16", 8: "xavier_nx-int8"},
+        pipelines={
+            Precision.FP32: "xavier_nx-fp32",
+            Precision.FP16: "xavier_nx-fp16",
+            Precision.INT8: "xavier_nx-int8",
+        },
     ),
     "orin": TargetSpec(
         name="orin",
         description="NVIDIA Jetson Orin, TensorRT 8.6 / 10, sm_87, INT8/FP16, optional DLA",
         runtime="tensorrt",
-        precisions=(32, 16, 8),
+        precisions=(Precision.FP32, Precision.FP16, Precision.INT8),
         symmetric_activations=True,
         supported_ops=_TRT_OPS,
-        default_calibration="entropy",
         trt_version="8.6",
         sm="8.7",
         dla_cores=2,
-        pipelines={32: "orin-fp32", 16: "orin-fp16", 8: "orin-int8"},
+        pipelines={Precision.FP32: "orin-fp32", Precision.FP16: "orin-fp16", Precision.INT8: "orin-int8"},
     ),
 }
 
@@ -85,3 +124,10 @@ def get_target(name: str) -> TargetSpec:
         return TARGETS[name]
     except KeyError:
         raise TargetError(f"unknown target {name!r}; known targets: {', '.join(sorted(TARGETS))}") from None
+
+
+def pipeline_path(target: str | TargetSpec, bits: int | Precision, variant: str | None = None) -> Path:
+    """The shipped pipeline file of a target at ``bits``: the row's ``pipelines`` entry, plus
+    ``-<variant>`` (e.g. ``qat``: ``cpu-int8-qat.toml``)."""
+    spec = target if isinstance(target, TargetSpec) else get_target(target)
+    return shipped_pipeline(spec.pipeline_name(bits, variant))

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from anomopt.errors import TargetError
+from anomopt.precision import PRECISION_NAMES
 
 META = "torch_trt.json"
 SCRIPT = "build_torch_trt.py"
@@ -38,8 +39,8 @@ ENGINE_FILE = "model_trt.ep"
 @contextlib.contextmanager
 def all_quantizers_off(model: nn.Module) -> Iterator[None]:
     """anomopt's and ModelOpt's quantizers switched off for the block (the FP32 graph), restored after."""
+    from anomopt.quant.attach import quantizers_disabled
     from anomopt.targets.modelopt_quant import modelopt_quantizers
-    from anomopt.targets.onnx_export import quantizers_disabled
 
     mo = list(modelopt_quantizers(model).values())
     try:
@@ -58,8 +59,8 @@ def write_torch_trt_bundle(
     """Write the bundle into ``out_dir``; returns the file names written."""
     from anomopt.targets.modelopt_quant import modelopt_quantizers
 
-    if precision not in ("int8", "fp16", "fp32"):
-        raise TargetError(f"precision must be int8, fp16 or fp32, not {precision!r}")
+    if precision not in PRECISION_NAMES:
+        raise TargetError(f"precision must be one of {', '.join(PRECISION_NAMES)}, not {precision!r}")
     model = graph.model if hasattr(graph, "model") else graph
     size = int(image_size or model.config.image_size)
     modelopt = bool(modelopt_quantizers(model))

@@ -1,4 +1,5 @@
-"""CPU lowering: FP32 ONNX -> ONNX Runtime static INT8 (QDQ, uint8 activations x int8 per-channel weights).
+"""The ONNX Runtime backend (target ``cpu``): FP32 ONNX, or ONNX Runtime static INT8 (QDQ, uint8
+activations x int8 per-channel weights) from it.
 
 How the artifact is made to compute what the torch fake-quant graph computes:
 
@@ -24,6 +25,7 @@ import contextlib
 import io
 import logging
 import os
+import shutil
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -47,8 +49,10 @@ from onnxruntime.quantization.calibrate import TensorData, TensorsData
 from anomopt.errors import DataError, TargetError
 from anomopt.graph import ModelGraph
 from anomopt.outputs import work_dir
-from anomopt.passes.fake_quant import SCOPES, quantized_layers, weight_quantizer
-from anomopt.targets.onnx_export import INPUT_NAME, role_of_onnx_name
+from anomopt.quant.attach import SCOPES, quantized_layers, weight_quantizer
+from anomopt.targets.backends import register_backend
+from anomopt.targets.backends.base import MODEL_FILE, Backend, Lowered, LoweringJob
+from anomopt.targets.onnx_export import INPUT_NAME, export_onnx, role_of_onnx_name
 
 #: anomopt calibration method -> ONNX Runtime calibrator for the tensors ORT calibrates itself.
 #: ``mse`` has no ORT equivalent (``Distribution`` computes mean/std for float8, not an MSE search), so
@@ -481,13 +485,12 @@ def quantize_ort_int8(
     float_consumers: bool = True,
     batch_size: int = 8,
 ) -> dict[str, Any]:
-    """Quantize the FP32 ONNX at ``fp32_path`` to a QDQ INT8 model at ``out_path``; returns notes."""
-    calibration = graph.state.calibration
-    method_name = calibration.method if calibration else "max"
-    if method_name not in CALIBRATION_METHODS:
-        raise TargetError(f"no ONNX Runtime calibrator for method {method_name!r}")
-    method = CALIBRATION_METHODS[method_name]
-    percentile = float((calibration.percentile if calibration else None) or 99.99)
+    """Quantize the FP32 ONNX at ``fp32_path`` to a QDQ INT8 model at ``out_path``; returns notes.
+
+    Steps: pick ORT's calibrator for the graph's method; plan which nodes to quantize; gather the ranges
+    (the torch quantizers' for conv inputs, ORT's for the rest); run ``quantize_static`` on them; wire float
+    consumers back and compact the initializers; save."""
+    method_name, method, percentile = _ort_calibrator(graph)
     proto = onnx.load(str(fp32_path))
     plan = onnx_scope_plan(proto, graph, conv_map)
     if not plan["convs_quantized"]:
@@ -495,65 +498,15 @@ def quantize_ort_int8(
     overrides, conflicts = (
         activation_overrides(proto, graph, conv_map, plan["convs_quantized"]) if use_torch_ranges else ({}, [])
     )
-    op_types = sorted({n.op_type for n in proto.graph.node if n.name in set(plan["nodes_to_quantize"])})
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    quantized_names = set(plan["nodes_to_quantize"])
-    initializers = {i.name for i in proto.graph.initializer}
-    floats = _float_tensors(proto)
-    needed = [
-        t
-        for n in proto.graph.node
-        if n.name in quantized_names
-        for t in list(n.input) + list(n.output)
-        if t and t not in initializers and t in floats
-    ]
-    needed = list(dict.fromkeys(needed))
-    ranges = _torch_ranges(graph, conv_map, plan["convs_quantized"], proto)
-    to_collect = [t for t in needed if t not in ranges]
-    with work_dir("anomopt-ort-") as tmp:
-        collected = collect_ranges(
-            fp32_path, calib_images, to_collect, method, percentile=percentile, batch_size=batch_size
-        )
-        missing = [t for t in to_collect if t not in collected]
-        if missing:
-            raise TargetError(f"ONNX Runtime calibration saw no values for {missing[:3]}")
-        data = TensorsData(method, {**{t: ranges[t] for t in needed if t in ranges}, **collected})
-        cache = Path(tmp) / "calibration.json"
-        save_tensors_data(data, cache)
-        extra = {
-            "ActivationSymmetric": False,
-            "WeightSymmetric": True,
-            "TensorQuantOverrides": overrides,
-        }
-        level = logging.getLogger().level
-        logging.getLogger().setLevel(logging.ERROR)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                quantize_static(
-                    str(fp32_path),
-                    str(Path(tmp) / "qdq.onnx"),
-                    calibration_data_reader=None,
-                    quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=op_types,
-                    per_channel=True,
-                    reduce_range=False,
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    nodes_to_quantize=plan["nodes_to_quantize"],
-                    nodes_to_exclude=plan["nodes_to_exclude"],
-                    calibrate_method=method,
-                    extra_options=extra,
-                    calibration_cache_path=str(cache),
-                )
-        except Exception as err:
-            raise TargetError(f"ONNX Runtime quantization failed: {type(err).__name__}: {str(err)[:300]}") from err
-        finally:
-            logging.getLogger().setLevel(level)
-        qproto = onnx.load(str(Path(tmp) / "qdq.onnx"))
+    data, ort_calibrated = _tensor_ranges(
+        fp32_path, proto, graph, conv_map, plan, calib_images, method, percentile, batch_size
+    )
+    qproto = _quantize_static_qdq(fp32_path, proto, plan, data, overrides)
     rewired = keep_float_consumers(qproto, plan["nodes_to_quantize"]) if float_consumers else 0
     compacted = compact_qdq_initializers(qproto)
     onnx.checker.check_model(qproto)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(qproto, str(out))
     return {
         "format": "QDQ",
@@ -573,8 +526,95 @@ def quantize_ort_int8(
         "float_consumers_rewired": rewired,
         **compacted,
         "calibration_samples": int(len(calib_images)),
-        "ort_calibrated_tensors": len(to_collect),
+        "ort_calibrated_tensors": ort_calibrated,
     }
+
+
+def _ort_calibrator(graph: ModelGraph) -> tuple[str, CalibrationMethod, float]:
+    """``(anomopt method name, ORT calibrator, percentile)`` for the graph's calibration record."""
+    calibration = graph.state.calibration
+    method_name = calibration.method if calibration else "max"
+    if method_name not in CALIBRATION_METHODS:
+        raise TargetError(f"no ONNX Runtime calibrator for method {method_name!r}")
+    percentile = float((calibration.percentile if calibration else None) or 99.99)
+    return method_name, CALIBRATION_METHODS[method_name], percentile
+
+
+def _tensor_ranges(
+    fp32_path: str | os.PathLike[str],
+    proto: onnx.ModelProto,
+    graph: ModelGraph,
+    conv_map: dict[str, str],
+    plan: dict[str, Any],
+    calib_images: Any,
+    method: CalibrationMethod,
+    percentile: float,
+    batch_size: int,
+) -> tuple[TensorsData, int]:
+    """Ranges of every float tensor a quantized node reads or writes: the torch quantizers' for conv
+    inputs, ONNX Runtime's (``method``, over ``calib_images``) for the others. Returns the ranges and how
+    many tensors ORT calibrated."""
+    quantized_names = set(plan["nodes_to_quantize"])
+    initializers = {i.name for i in proto.graph.initializer}
+    floats = _float_tensors(proto)
+    needed = [
+        t
+        for n in proto.graph.node
+        if n.name in quantized_names
+        for t in list(n.input) + list(n.output)
+        if t and t not in initializers and t in floats
+    ]
+    needed = list(dict.fromkeys(needed))
+    ranges = _torch_ranges(graph, conv_map, plan["convs_quantized"], proto)
+    to_collect = [t for t in needed if t not in ranges]
+    collected = collect_ranges(
+        fp32_path, calib_images, to_collect, method, percentile=percentile, batch_size=batch_size
+    )
+    missing = [t for t in to_collect if t not in collected]
+    if missing:
+        raise TargetError(f"ONNX Runtime calibration saw no values for {missing[:3]}")
+    return TensorsData(method, {**{t: ranges[t] for t in needed if t in ranges}, **collected}), len(to_collect)
+
+
+def _quantize_static_qdq(
+    fp32_path: str | os.PathLike[str],
+    proto: onnx.ModelProto,
+    plan: dict[str, Any],
+    data: TensorsData,
+    overrides: dict[str, list[dict[str, Any]]],
+) -> onnx.ModelProto:
+    """ONNX Runtime's ``quantize_static`` (QDQ, U8S8, per channel) over the planned nodes, fed the given
+    ranges as its calibration cache (it calibrates nothing itself); returns the quantized model."""
+    op_types = sorted({n.op_type for n in proto.graph.node if n.name in set(plan["nodes_to_quantize"])})
+    with work_dir("anomopt-ort-") as tmp:
+        cache = Path(tmp) / "calibration.json"
+        save_tensors_data(data, cache)
+        extra = {"ActivationSymmetric": False, "WeightSymmetric": True, "TensorQuantOverrides": overrides}
+        level = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                quantize_static(
+                    str(fp32_path),
+                    str(Path(tmp) / "qdq.onnx"),
+                    calibration_data_reader=None,
+                    quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=op_types,
+                    per_channel=True,
+                    reduce_range=False,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    nodes_to_quantize=plan["nodes_to_quantize"],
+                    nodes_to_exclude=plan["nodes_to_exclude"],
+                    calibrate_method=data.calibration_method,
+                    extra_options=extra,
+                    calibration_cache_path=str(cache),
+                )
+        except Exception as err:
+            raise TargetError(f"ONNX Runtime quantization failed: {type(err).__name__}: {str(err)[:300]}") from err
+        finally:
+            logging.getLogger().setLevel(level)
+        return onnx.load(str(Path(tmp) / "qdq.onnx"))
 
 
 def optimized_graph(
@@ -630,3 +670,57 @@ def integer_kernel_counts(onnx_path: str | os.PathLike[str], level: str = "exten
         "quantize_linear": ops.get("QuantizeLinear", 0),
         "dequantize_linear": ops.get("DequantizeLinear", 0),
     }
+
+
+@register_backend
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime on the CPU: the FP32 ONNX (FP32), or its static INT8 QDQ form (INT8).
+
+    Options: ``float_consumers`` (wire float consumers of quantized tensors back to the float tensor),
+    ``use_torch_ranges`` (conv inputs get the torch quantizers' scale and zero point)."""
+
+    runtime = "onnxruntime"
+    description = "ONNX Runtime (CPU): FP32 ONNX, or static INT8 QDQ (uint8 activations x int8 weights)"
+    options = {"float_consumers": True, "use_torch_ranges": True}
+
+    def lower(self, job: LoweringJob) -> Lowered:
+        if job.options["backend"] != "onnx":
+            raise TargetError(
+                f"lower: backend {job.options['backend']!r} needs a Jetson target (xavier_nx, orin), "
+                f"not {job.target.name}"
+            )
+        if job.quantizer == "modelopt":
+            raise TargetError(
+                "a ModelOpt-quantized graph lowers to TensorRT explicit quantization only "
+                "(xavier_nx / orin, trt_quantization='explicit')"
+            )
+        job.say(f"lower: exporting the FP32 ONNX graph (opset {job.opset})")
+        fp32 = export_onnx(job.graph, job.work / "model_fp32.onnx", opset=job.opset)
+        notes: dict[str, Any] = {"export": fp32.notes}
+        if job.quantized:
+            notes.update(self._quantize(job, fp32.path, fp32.conv_map))
+        else:
+            shutil.copyfile(fp32.path, job.model_path)
+        return Lowered(files=[MODEL_FILE], runner="onnxruntime CPU (the artifact itself)", notes=notes)
+
+    @staticmethod
+    def _quantize(job: LoweringJob, fp32_path: Path, conv_map: dict[str, str]) -> dict[str, Any]:
+        """Static INT8 QDQ from the FP32 ONNX, then the integer kernels ORT really runs (notes)."""
+        if job.calib_images is None:
+            raise TargetError("CPU INT8 lowering needs calibration images")
+        job.say(f"lower: ONNX Runtime static INT8 (QDQ) from {len(job.calib_images)} calibration images")
+        quantization = quantize_ort_int8(
+            fp32_path,
+            job.model_path,
+            job.graph,
+            conv_map,
+            job.calib_images,
+            use_torch_ranges=bool(job.options["use_torch_ranges"]),
+            float_consumers=bool(job.options["float_consumers"]),
+        )
+        job.say("lower: counting the integer kernels in ONNX Runtime's optimized graph")
+        kernels = integer_kernel_counts(job.model_path)
+        return {
+            "quantization": quantization,
+            "integer_kernels": {k: kernels[k] for k in ("integer_convs", "float_convs", "by_role", "qlinear_other")},
+        }

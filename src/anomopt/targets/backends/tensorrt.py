@@ -1,4 +1,4 @@
-"""TensorRT lowering (Jetson Xavier NX / Orin): ONNX files, calibration cache, engine-build command.
+"""The TensorRT backend (Jetson Xavier NX / Orin): ONNX files, calibration cache, engine-build command.
 
 Three ways to an engine, all from files this module writes (checked here, built on the device):
 
@@ -30,18 +30,16 @@ import numpy as np
 import onnx
 
 from anomopt.errors import TargetError
-from anomopt.targets.onnx_export import (
-    INPUT_NAME,
-    OnnxExport,
-    export_onnx,
-    fake_quantizers,
-    role_of_onnx_name,
-)
+from anomopt.precision import PRECISION_NAMES
+from anomopt.quant.attach import SCOPES, fake_quantizers
+from anomopt.targets.backends import register_backend
+from anomopt.targets.backends.base import MODEL_FILE, Backend, Lowered, LoweringJob
+from anomopt.targets.onnx_export import INPUT_NAME, OnnxExport, export_onnx, role_of_onnx_name
 
 #: TensorRT release -> the version number its calibration caches carry (NV_TENSORRT_VERSION style)
 CACHE_VERSIONS = {"8.5": "8502", "8.6": "8601", "10.0": "10000", "10.3": "10300"}
 DEFAULT_CALIBRATOR = "EntropyCalibration2"
-PRECISIONS = ("int8", "fp16", "fp32")
+PRECISIONS = PRECISION_NAMES
 
 
 def cache_version(trt_version: str | None) -> str:
@@ -202,7 +200,7 @@ def calibration_ranges(
     ``roles`` (plus the network input; same histogram math, fewer tensors tapped)."""
     from onnxruntime.quantization import CalibrationMethod
 
-    from anomopt.targets.ort_lowering import calibrate_tensors, collect_ranges
+    from anomopt.targets.backends.onnxruntime import calibrate_tensors, collect_ranges
 
     if roles is None:
         data = calibrate_tensors(
@@ -435,3 +433,118 @@ def lower_torch_tensorrt(
     if main([]) != 0:
         raise TargetError(f"torch_tensorrt compile of {folder} failed (see the messages above)")
     return folder / ENGINE_FILE
+
+
+# ------------------------------------------------------------------------------------------- backend
+
+
+@register_backend
+class TensorRTBackend(Backend):
+    """TensorRT on Jetson: the ONNX TensorRT builds from, a calibration cache for implicit INT8, and
+    ``build_engine.sh`` (the ``trtexec`` command run on the device).
+
+    Options: ``trt_quantization`` (explicit|implicit), ``cache_bins`` (histogram bins of the implicit
+    cache), ``dla_core`` (one of the target's ``dla_cores``), ``workspace_mib``, ``fp16_fallback``, and the
+    common ``backend = "torch_tensorrt"`` (also write the torch-tensorrt bundle)."""
+
+    runtime = "tensorrt"
+    description = "TensorRT (Jetson): QDQ ONNX (explicit INT8) or FP32 ONNX (+ calib.cache), build_engine.sh"
+    options = {
+        "trt_quantization": "explicit",
+        "cache_bins": 512,
+        "dla_core": None,
+        "workspace_mib": 1024,
+        "fp16_fallback": False,
+    }
+
+    def lower(self, job: LoweringJob) -> Lowered:
+        opts = job.options
+        mode = str(opts["trt_quantization"])
+        if mode not in ("explicit", "implicit"):
+            raise TargetError(f"trt_quantization must be 'explicit' or 'implicit', not {mode!r}")
+        if job.quantizer == "modelopt" and mode != "explicit":
+            raise TargetError(
+                "a ModelOpt-quantized graph lowers to TensorRT explicit quantization only "
+                "(xavier_nx / orin, trt_quantization='explicit')"
+            )
+        dla = self._dla_core(job)
+        job.say(f"lower: TensorRT {job.precision.label} ONNX ({mode if job.quantized else 'no'} quantization)")
+        lowered = self._write_onnx(job, mode)
+        calib_file = "calib.cache" if "calib.cache" in lowered.files else None
+        command = trtexec_command(
+            MODEL_FILE,
+            "model.engine",
+            job.precision.value,
+            image_size=job.image_size,
+            calib_cache=calib_file,
+            dla_core=dla,
+            workspace_mib=int(opts["workspace_mib"]),
+            fp16_fallback=bool(opts["fp16_fallback"]),
+        )
+        write_build_script(job.out, command)
+        lowered.files.append("build_engine.sh")
+        if opts["backend"] == "torch_tensorrt":
+            from anomopt.targets.torch_trt import lower_bundle_command, write_torch_trt_bundle
+
+            lowered.files += write_torch_trt_bundle(job.graph, job.out, job.precision.value, job.image_size)
+            lowered.record["torch_tensorrt"] = lower_bundle_command(".")
+        lowered.record.update(trtexec=command, trt_version=job.target.trt_version)
+        lowered.meta["tensorrt"] = {
+            "version": job.target.trt_version,
+            "sm": job.target.sm,
+            "quantization": lowered.record.get("quantization"),
+            "trtexec": command,
+        }
+        return lowered
+
+    @staticmethod
+    def _dla_core(job: LoweringJob) -> int | None:
+        """The ``dla_core`` option, checked against the target's DLA cores."""
+        dla = job.options["dla_core"]
+        if dla is None:
+            return None
+        cores = int(job.target.dla_cores)
+        if not 0 <= int(dla) < cores:
+            have = f"DLA cores 0-{cores - 1}" if cores else "no DLA core"
+            raise TargetError(f"dla_core {dla}: target {job.target.name!r} has {have}")
+        return int(dla)
+
+    @staticmethod
+    def _write_onnx(job: LoweringJob, mode: str) -> Lowered:
+        """``model.onnx`` (QDQ for explicit INT8, else FP32) and, for implicit INT8, ``calib.cache``."""
+        files = [MODEL_FILE]
+        record: dict[str, Any] = {}
+        notes: dict[str, Any] = {}
+        if job.quantized and job.quantizer == "modelopt":
+            from anomopt.targets.modelopt_quant import export_modelopt_qdq
+
+            notes["export"] = export_modelopt_qdq(job.graph, job.model_path, opset=job.opset).notes
+            record["quantization"] = "explicit (Q/DQ in the ONNX, NVIDIA ModelOpt placement and calibration)"
+        elif job.quantized and mode == "explicit":
+            notes["export"] = export_qdq_onnx(job.graph, job.model_path, opset=job.opset).notes
+            record["quantization"] = "explicit (Q/DQ in the ONNX)"
+        else:
+            notes["export"] = export_onnx(job.graph, job.model_path, opset=job.opset).notes
+            if job.quantized:
+                notes["calibration_cache"] = _write_implicit_cache(job)
+                files.append("calib.cache")
+                record["quantization"] = "implicit (calibration cache)"
+        emulated = (
+            "QDQ ONNX (int8 math as TensorRT's explicit quantization)"
+            if job.quantized and mode == "explicit"
+            else f"FP32 ONNX (TensorRT {job.precision.label} is not emulated on the CPU)"
+        )
+        runner = f"onnxruntime CPU running the {emulated} as a functional stand-in for the TensorRT engine"
+        return Lowered(files=files, runner=runner, notes=notes, record=record)
+
+
+def _write_implicit_cache(job: LoweringJob) -> dict[str, Any]:
+    """``calib.cache`` beside the FP32 ``model.onnx``: entropy ranges of the quantized roles' tensors."""
+    if job.calib_images is None:
+        raise TargetError("TensorRT implicit INT8 needs calibration images for the cache")
+    quant = job.graph.state.quant
+    roles = SCOPES.get(quant.scope if quant is not None else "student", ("student",))
+    ranges = calibration_ranges(job.model_path, job.calib_images, roles=roles, num_bins=int(job.options["cache_bins"]))
+    version = cache_version(job.target.trt_version)
+    write_calibration_cache(job.out / "calib.cache", ranges, version=version)
+    return {"tensors": len(ranges), "roles": list(roles), "method": "ONNX Runtime Entropy", "version": version}
