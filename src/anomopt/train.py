@@ -32,6 +32,7 @@ from anomopt.inference import predict_dataset, stack_images, torch_scorer
 from anomopt.models import KDModel
 from anomopt.models.recipes import Recipe, recipe_for
 from anomopt.normalization import fit_normalization
+from anomopt.schedule import apply_lr
 
 
 @dataclass
@@ -45,6 +46,10 @@ class TrainConfig:
     lr: float | None = None
     weight_decay: float | None = None
     momentum: float | None = None  # SGD only
+    # learning-rate schedule (anomopt.schedule); None = the model's recipe
+    warmup: float | None = None  # fraction of the optimizer steps
+    decay: str | None = None  # constant | cosine | linear
+    final_lr: float | None = None  # fraction of lr reached at the last step
     seed: int = 0
     precision: str = "auto"  # auto (mixed on a bf16 CPU, bf16 on CUDA, else fp32) | bf16 | mixed | fp32
     cache_features: bool = True
@@ -122,11 +127,20 @@ def resolved_recipe(config: TrainConfig, model_name: str) -> Recipe:
     chosen = config.optimizer or recipe.optimizer
     if chosen not in ("adam", "sgd"):
         raise ConfigError(f"optimizer must be adam or sgd, not {chosen!r}")
+    if config.lr is not None and not config.lr > 0:
+        raise ConfigError(f"the learning rate must be positive, not {config.lr}")
     if config.optimizer is not None and config.optimizer != recipe.optimizer and config.lr is None:
         raise ConfigError(
             f"optimizer {chosen!r} is not {model_name}'s default ({recipe.optimizer}): give its learning rate too"
         )
-    given = {"lr": config.lr, "weight_decay": config.weight_decay, "momentum": config.momentum}
+    given = {
+        "lr": config.lr,
+        "weight_decay": config.weight_decay,
+        "momentum": config.momentum,
+        "warmup": config.warmup,
+        "decay": config.decay,
+        "final_lr": config.final_lr,
+    }
     return replace(recipe, optimizer=chosen, **{k: v for k, v in given.items() if v is not None})
 
 
@@ -199,6 +213,7 @@ def train_model(
     images = (stack_images(train_set) * 255.0).round().to(torch.uint8)  # in memory, off the critical path
     params = model.trainable_parameters()
     optimizer = make_optimizer(params, config, model.config.model)
+    recipe = resolved_recipe(config, model.config.model)  # its schedule: see the hook in the step loop
     start_epoch, result = 0, TrainResult()
     ckpt = Path(config.checkpoint) if config.checkpoint else None
     if config.resume:
@@ -252,6 +267,9 @@ def train_model(
                     loss = runner(x, tg)
                 optimizer.zero_grad(set_to_none=True)
                 loss.float().backward()
+                # --- learning-rate schedule hook (anomopt.schedule; warm-up + decay from the recipe) ---
+                apply_lr(optimizer, recipe.lr, epoch * steps + step, config.epochs * steps, recipe.warmup,
+                         recipe.decay, recipe.final_lr)
                 optimizer.step()
                 if not torch.isfinite(loss):
                     raise ConfigError(f"training diverged at epoch {epoch + 1} (loss {float(loss)}); lower --lr")

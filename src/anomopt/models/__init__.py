@@ -29,7 +29,8 @@ def build_model(
 ) -> KDModel:
     """Build ``stfpm``, ``rd`` or ``us`` on a registered backbone (weights loaded offline).
 
-    ``blur_sigma`` (in ``extra``) defaults to the model's :data:`RECIPES` entry, scaled to ``image_size``.
+    ``blur_sigma`` (in ``extra``) defaults to the model's :data:`RECIPES` entry, scaled to ``image_size``;
+    other ``extra`` options not given take the recipe's ``options``.
     """
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
@@ -37,6 +38,7 @@ def build_model(
         raise ConfigError(f"image_size must be a multiple of 32 and at least 64, not {image_size}")
     get_backbone_config(backbone)
     blur = float(extra.pop("blur_sigma", recipe_for(name).blur_sigma * image_size / 256))
+    extra = {**dict(recipe_for(name).options), **extra}  # the recipe's model options unless given
     config = ModelConfig(model=name, backbone=backbone, image_size=image_size, blur_sigma=blur, extra=extra)
     return MODELS[name](config, pretrained=pretrained, weights=weights)
 

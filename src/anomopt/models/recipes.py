@@ -1,4 +1,4 @@
-"""Per-model defaults as data: the anomaly-map blur and the training optimizer.
+"""Per-model defaults as data: the anomaly-map blur, the training optimizer and its learning-rate schedule.
 
 Measured, not inherited (docs/training.md, "The STFPM recipe, and how it was chosen"): STFPM trains far
 better with SGD + momentum than with Adam, and a Gaussian blur of the map lowers image AUROC for STFPM and
@@ -9,13 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from anomopt.errors import ConfigError
+from anomopt.schedule import check_schedule
+
 
 @dataclass(frozen=True)
 class Recipe:
     """What a model uses unless told otherwise.
 
     ``blur_sigma`` is in pixels at 256 px input (scaled with the image size; 0 = no blur). ``lr`` is for a
-    loss averaged over the batch, as every anomopt model's distillation loss is.
+    loss averaged over the batch, as every anomopt model's distillation loss is. The schedule
+    (:mod:`anomopt.schedule`): ``warmup`` is the fraction of the optimizer steps spent rising linearly to
+    ``lr``, then ``decay`` (``constant``, ``cosine`` or ``linear``) takes it down to ``final_lr x lr`` at the
+    last step.
     """
 
     blur_sigma: float
@@ -23,6 +29,24 @@ class Recipe:
     lr: float
     weight_decay: float
     momentum: float = 0.9  # SGD only
+    warmup: float = 0.0
+    decay: str = "constant"
+    final_lr: float = 1.0
+    #: model options (``ModelConfig.extra``) the model is built with unless given, e.g. RD's
+    #: ``(("bottleneck_dropout", 0.2),)``; a tuple of pairs so the recipe stays immutable data
+    options: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"recipe: optimizer must be adam or sgd, not {self.optimizer!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"recipe: the learning rate must be positive, not {self.lr}")
+        if not (self.weight_decay >= 0 and 0 <= self.momentum < 1 and self.blur_sigma >= 0):
+            raise ConfigError(
+                f"recipe: weight_decay ({self.weight_decay}) and blur_sigma ({self.blur_sigma}) must be >= 0 "
+                f"and momentum ({self.momentum}) in [0, 1)"
+            )
+        check_schedule(self.warmup, self.decay, self.final_lr)
 
 
 # STFPM: SGD momentum 0.9 as in the STFPM paper and anomalib (lr 0.4 and weight decay 1e-3 there, on a loss
