@@ -79,6 +79,7 @@ class EpochRecord:
     loss: float
     image_auroc: float
     score_seconds: float
+    per_category: dict[str, float] = field(default_factory=dict)  # image AUROC per category
 
 
 @dataclass
@@ -223,12 +224,14 @@ def _u8(dataset: Any) -> np.ndarray:
     return (stack_images(dataset) * 255.0).round().to(torch.uint8).numpy()
 
 
-def _auroc(test: Any, scores: np.ndarray) -> float:
+def _auroc(test: Any, scores: np.ndarray) -> tuple[float, dict[str, float]]:
+    """Mean-over-categories image AUROC and the per-category values."""
     from anomopt.metrics import evaluate_predictions
 
     cats = [test.dataset.samples[i].category for i in test.indices]
     labels = test.dataset.labels[test.indices]
-    return float(evaluate_predictions(cats, labels, scores, pixel_metrics=False)["mean"]["image_auroc"])
+    r = evaluate_predictions(cats, labels, scores, pixel_metrics=False)
+    return float(r["mean"]["image_auroc"]), {c: float(e["image_auroc"]) for c, e in r["per_category"].items()}
 
 
 class AnomoptRun:
@@ -253,6 +256,7 @@ class AnomoptRun:
             momentum=self.args.momentum,
             weight_decay=self.args.weight_decay,
             epochs=k,
+            schedule_epochs=self.args.epochs,  # the recipe's lr schedule spans the whole run
             batch_size=self.args.batch_size,
             seed=self.args.seed,
             precision=self.precision,
@@ -374,6 +378,12 @@ def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], runs: list[Met
     if runs:
         lines += ["", "Test image AUROC after each epoch:", ""]
         lines += [f"- {r.name}: " + " ".join(f"{e.image_auroc:.3f}" for e in r.epochs) for r in runs if r.epochs]
+        cats = list(dict.fromkeys(c for r in runs if r.epochs for c in r.epochs[-1].per_category))
+        if cats:  # the accuracy head-to-head: final image AUROC per category, same epochs for every method
+            lines += ["", "Final image AUROC per category (after the last epoch):", "",
+                      "| method | " + " | ".join(cats) + " | mean |", "|---|" + "---:|" * (len(cats) + 1)]
+            lines += [f"| {r.name} | " + " | ".join(f"{r.epochs[-1].per_category.get(c, math.nan):.3f}" for c in cats)
+                      + f" | {r.epochs[-1].image_auroc:.3f} |" for r in runs if r.epochs]
     if meta.get("skipped"):
         lines += ["", f"Skipped: {meta['skipped']}"]
     return "\n".join(lines) + "\n"
@@ -406,7 +416,10 @@ def _optimizer_text(args: argparse.Namespace) -> str:
         "stfpm",
     )
     momentum = f" momentum {r.momentum:g}" if r.optimizer == "sgd" else ""
-    return f"{r.optimizer} lr {r.lr:g}{momentum} weight decay {r.weight_decay:g} (STFPM's recipe unless set)"
+    sched = "" if r.decay == "constant" and r.warmup == 0 else (
+        f", warm-up {r.warmup:g} of the steps then {r.decay} decay to {r.final_lr:g} x lr")
+    return (f"{r.optimizer} lr {r.lr:g}{momentum} weight decay {r.weight_decay:g}{sched} "
+            "(STFPM's recipe unless set)")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -488,7 +501,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any],
                         secs, setup, loss = runners[m].epoch(k)
                         t0 = time.perf_counter()
                         scores = runners[m].scores(test)
-                    rec = EpochRecord(k, secs, setup, loss, _auroc(test, scores), time.perf_counter() - t0)
+                    mean_auroc, per_cat = _auroc(test, scores)
+                    rec = EpochRecord(k, secs, setup, loss, mean_auroc, time.perf_counter() - t0, per_cat)
                     runs[m].epochs.append(rec)
                     print(
                         f"epoch {k}/{args.epochs} {m:9s} {len(train) / secs:6.2f} img/s  train {secs:6.1f} s  "

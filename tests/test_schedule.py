@@ -81,3 +81,18 @@ def test_training_follows_the_schedule(tmp_path):
         assert lr_end == pytest.approx(0.05 if decay == "constant" else 0.005)
         weights[decay] = torch.cat([p.detach().flatten() for p in model.trainable_parameters()])
     assert not torch.allclose(weights["constant"], weights["cosine"])
+
+
+def test_resumed_calls_with_schedule_epochs_follow_the_one_shot_curve(tmp_path):
+    """Training to 3 epochs in three resumed calls with ``schedule_epochs=3`` ends where one call ends."""
+    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    common = {"batch_size": 4, "optimizer": "sgd", "lr": 0.05, "warmup": 0.2, "decay": "cosine",
+              "final_lr": 0.1, "progress": False, "precision": "fp32", "cache_features": False}
+    one = ToyKD(image_size=32, seed=0)
+    train_model(one, ImageList(images), TrainConfig(epochs=3, checkpoint=str(tmp_path / "one.pt"), **common))
+    steps = ToyKD(image_size=32, seed=0)
+    for k in (1, 2, 3):
+        train_model(steps, ImageList(images), TrainConfig(epochs=k, schedule_epochs=3, resume=k > 1,
+                                                          checkpoint=str(tmp_path / "steps.pt"), **common))
+    for a, b in zip(one.trainable_parameters(), steps.trainable_parameters()):
+        torch.testing.assert_close(a, b)

@@ -50,6 +50,8 @@ class TrainConfig:
     warmup: float | None = None  # fraction of the optimizer steps
     decay: str | None = None  # constant | cosine | linear
     final_lr: float | None = None  # fraction of lr reached at the last step
+    # epochs the schedule spans (None = epochs): set it when reaching a total in several resumed calls
+    schedule_epochs: int | None = None
     seed: int = 0
     precision: str = "auto"  # auto (mixed on a bf16 CPU, bf16 on CUDA, else fp32) | bf16 | mixed | fp32
     cache_features: bool = True
@@ -268,8 +270,8 @@ def train_model(
                 optimizer.zero_grad(set_to_none=True)
                 loss.float().backward()
                 # --- learning-rate schedule hook (anomopt.schedule; warm-up + decay from the recipe) ---
-                apply_lr(optimizer, recipe.lr, epoch * steps + step, config.epochs * steps, recipe.warmup,
-                         recipe.decay, recipe.final_lr)
+                apply_lr(optimizer, recipe.lr, epoch * steps + step, (config.schedule_epochs or config.epochs) * steps,
+                         recipe.warmup, recipe.decay, recipe.final_lr)
                 optimizer.step()
                 if not torch.isfinite(loss):
                     raise ConfigError(f"training diverged at epoch {epoch + 1} (loss {float(loss)}); lower --lr")
