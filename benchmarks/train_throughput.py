@@ -116,10 +116,18 @@ def anomalib_worker(work: Path) -> None:
         return real_create(*args, **kwargs)
 
     fe_timm.timm.create_model = offline_create
-    model = Stfpm(backbone="tf_efficientnet_lite0", layers=list(ANOMALIB_LAYERS), evaluator=False, visualizer=False)
+    size = int(cfg.get("image_size", 256))  # anomalib resizes to this (its default is 256)
+    model = Stfpm(backbone="tf_efficientnet_lite0", layers=list(ANOMALIB_LAYERS), evaluator=False, visualizer=False,
+                  pre_processor=Stfpm.configure_pre_processor(image_size=(size, size)))
     teacher = torch.load(work / "teacher.pt", map_location="cpu", weights_only=True)
-    model.model.teacher_model.feature_extractor.load_state_dict(teacher, strict=True)
-    transform = model.pre_processor.transform  # anomalib's default: Resize(256) + ImageNet Normalize
+    # anomopt's teacher ends at its last tap (blocks.4); timm's features_only model keeps the blocks after it,
+    # which feed no tapped feature: only those may be missing
+    missing, unexpected = model.model.teacher_model.feature_extractor.load_state_dict(teacher, strict=False)
+    last = max(int(layer.split(".")[1]) for layer in ANOMALIB_LAYERS)
+    untapped = [k for k in missing if not (k.startswith("blocks.") and int(k.split(".")[1]) > last)]
+    if unexpected or untapped:
+        raise RuntimeError(f"teacher weights do not fit anomalib's model: missing {untapped}, unexpected {unexpected}")
+    transform = model.pre_processor.transform  # Resize(image size) + ImageNet Normalize, anomalib's default
     optimizer = model.configure_optimizers()
     train = torch.from_numpy(np.load(work / "train.npy"))
     test = torch.from_numpy(np.load(work / "test.npy"))
@@ -177,7 +185,10 @@ class AnomalibClient:
         for line in self.proc.stdout:
             if line.startswith(MSG):
                 return json.loads(line[len(MSG) :])
-        raise RuntimeError(f"the anomalib worker exited (code {self.proc.wait()}); see {self._log.name}")
+        code = self.proc.wait()
+        self._log.flush()
+        tail = Path(self._log.name).read_text(errors="replace").strip().splitlines()[-8:]
+        raise RuntimeError(f"the anomalib worker exited (code {code}); its log ends:\n" + "\n".join(tail))
 
     def call(self, **cmd: Any) -> dict[str, Any]:
         """Send one command and wait for its answer."""
@@ -480,7 +491,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any],
                 np.save(work / "test.npy", test_u8)
                 teacher = next(iter(runners.values())).model if runners else AnomoptRun("fp32", train, args, work).model
                 torch.save(teacher.teacher.features.state_dict(), work / "teacher.pt")
-                cfg = {"threads": args.threads, "seed": args.seed, "batch_size": args.batch_size}
+                cfg = {"threads": args.threads, "seed": args.seed, "batch_size": args.batch_size,
+                       "image_size": args.image_size}
                 (work / "config.json").write_text(json.dumps(cfg))
                 client = AnomalibClient(args.anomalib_python, work, work / "anomalib-worker.log")
                 runners[m] = client
