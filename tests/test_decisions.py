@@ -195,6 +195,22 @@ def test_every_pipeline_decides_like_the_fp32_artifact(trained, tmp_path_factory
         assert abs(r["median_z_good"] - ref["median_z_good"]) <= 0.5, (name, summary)
 
 
+def test_validation_images_never_reach_calibration_or_fine_tuning(trained, capsys):
+    """A calibration pool loaded without the hold-out (val_fraction=0) must not leak the images the
+    thresholds are fitted on into QAT / pruning: optimize() leaves them out and says so."""
+    ckpt, root, _ = trained
+    everything = load_mvtec(root, CAT, split="train", image_size=SIZE, val_fraction=0.0)
+    assert len(everything) == len(trained[2]) + N_VAL
+    om = optimize(str(ckpt), "cpu", 8, calib=everything, calib_samples=8, progress=True, tolerance={
+        "max_score_drift": math.inf, "max_map_drift": math.inf})
+    err = capsys.readouterr().err
+    assert f"{N_VAL} validation images left out of the calibration images" in err
+    assert om.normalization[CAT]["n_val"] == N_VAL
+    with pytest.raises(ConfigError, match="every image is a validation image"):
+        optimize(str(ckpt), "cpu", 8, calib=load_mvtec(root, CAT, split="val", image_size=SIZE,
+                 val_fraction=VAL_FRACTION), progress=False)
+
+
 def test_unfinished_checkpoint_is_refused(trained, tmp_path, capsys):
     ckpt, root, _ = trained
     model = build_model("stfpm", image_size=SIZE)

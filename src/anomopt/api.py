@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 import anomopt.targets.lower  # noqa: F401  (registers the 'lower' pass for pipeline files)
 from anomopt.calibration_data import build_calibration_images, sample_images
 from anomopt.checkpoint import load_checkpoint, require_thresholds
-from anomopt.data.dataset import load_validation
+from anomopt.data.dataset import AnomalyDataset, load_validation
 from anomopt.errors import ConfigError
 from anomopt.graph import ModelGraph, capture
 from anomopt.inference import predict_dataset
@@ -142,6 +142,28 @@ def _validation_set(
     return load_validation(record or None, size, data_root=data_root, categories=categories or None)
 
 
+def _without_validation(pool: Any, val_set: Dataset | None, reporter: Any, what: str) -> Any:
+    """``pool`` minus the validation images the thresholds are fitted on (they must stay unseen).
+
+    A calibration or fine-tuning pool loaded with another ``val_fraction`` or seed than training used can
+    hold validation images; QAT or pruning would then fit the student to them and the thresholds re-fitted
+    on them would sit too low. They are left out, and the log says how many.
+    """
+    if not isinstance(pool, AnomalyDataset) or not isinstance(val_set, AnomalyDataset):
+        return pool
+    held_out = {Path(s.path).resolve() for s in val_set.samples}
+    kept = [s for s in pool.samples if Path(s.path).resolve() not in held_out]
+    if len(kept) == len(pool.samples):
+        return pool
+    if not kept:
+        raise ConfigError(f"{what}: every image is a validation image of the checkpoint; pass other normal images")
+    reporter.log(
+        f"optimize: {len(pool.samples) - len(kept)} validation images left out of the {what} "
+        "(the thresholds are fitted on them)"
+    )
+    return AnomalyDataset(kept, pool.image_size, pool.cache)
+
+
 def _ensure_lowered(graph: ModelGraph, spec: TargetSpec, bits: int, ctx: PassContext) -> None:
     """Lower the graph now when the pipeline did not, so thresholds are fitted on the deployed model."""
     record = graph.meta.get("artifact")
@@ -256,6 +278,8 @@ def optimize(
     work = copy.deepcopy(model).eval()
     size = work.config.image_size
     val_set, val_how = _validation_set(val, payload, data_root, categories, size)  # fail fast, before passes
+    calib = _without_validation(calib, val_set, reporter, "calibration images")
+    train = _without_validation(train, val_set, reporter, "fine-tuning images")
     if val_set is None and policy is not None:
         raise ConfigError(
             f"threshold policy {policy.spec} needs normal validation images: pass val=... or data_root=..."
