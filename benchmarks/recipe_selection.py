@@ -11,7 +11,8 @@ modes see the same number of optimizer steps.
 
     PYTHONPATH=src .venv/bin/python benchmarks/recipe_selection.py --data synthetic=/work/models2/synth \
         --candidates stfpm-constant,stfpm-cosine --seeds 0,1,2 --out /tmp/sel.json
-    PYTHONPATH=src .venv/bin/python benchmarks/recipe_selection.py --summarize /tmp/sel.json
+    PYTHONPATH=src .venv/bin/python benchmarks/recipe_selection.py --summarize /tmp/sel.json,/tmp/rd.json \
+        --part stfpm,rd      # prints the tables and replaces that part of RESULTS.md's recipe-selection section
 """
 
 from __future__ import annotations
@@ -27,10 +28,13 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import Subset  # noqa: E402
 
+import results_writer as rw  # noqa: E402
 from anomopt.data import load_mvtec  # noqa: E402
 from anomopt.data.layout import list_categories  # noqa: E402
 from anomopt.data.pasted import PastedDefects  # noqa: E402
@@ -81,7 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split-seed", type=int, default=0, help="seed of the validation hold-out and the caps")
     p.add_argument("--out", required=False, help="JSON file of rows (appended to; done rows are skipped)")
     p.add_argument("--checkpoint-dir", default=None, help="keep each trained model here")
-    p.add_argument("--summarize", default=None, help="print the summary table of a JSON file and exit")
+    p.add_argument("--summarize", default=None, help="comma list of JSON files: print their tables (no training)")
+    p.add_argument("--part", default=None, help="with --summarize: write the tables as this part of RESULTS.md")
+    rw.add_args(p)
     return p.parse_args(argv)
 
 
@@ -144,6 +150,7 @@ def run_one(cand: str, seed: int, root: Path, args: argparse.Namespace, ckpt: Pa
         val_preds.append(predict_dataset(scorer, PastedDefects(val, seed=seed), batch_size=16))
         test_preds.append(predict_dataset(scorer, test, batch_size=16))
     row = {"candidate": cand, "seed": seed, "mode": args.mode, "epochs": epochs, "train_seconds": seconds,
+           "date": rw.utc_now(), "load_after": list(rw.load_average()),
            "last_loss": losses, "image_size": args.image_size,
            "val": metrics(_cat(val_preds), None), "test": metrics(_cat(test_preds), norms)}
     return row
@@ -188,10 +195,41 @@ def summary(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def per_category_table(rows: list[dict[str, Any]]) -> str:
+    """Test image AUROC per category, mean over seeds, per (data, mode, candidate)."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r.get("data", "?"), r["mode"], r["candidate"]), []).append(r)
+    out = []
+    for data in dict.fromkeys(k[0] for k in groups):
+        keys = [k for k in groups if k[0] == data]
+        cats = list(groups[keys[0]][0]["test"]["per_category"])
+        out += [f"Test image AUROC per category, {data} (mean over seeds):", "",
+                "| mode | candidate | " + " | ".join(cats) + " |", "|---|---|" + "---:|" * len(cats)]
+        for k in keys:
+            vals = [statistics.mean(r["test"]["per_category"][c]["image_auroc"] for r in groups[k]) for c in cats]
+            out.append(f"| {k[1]} | {k[2]} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.summarize:
-        print(summary(json.loads(Path(args.summarize).read_text())))
+        run = rw.RunInfo.start("benchmarks/recipe_selection.py", os.environ.get("OMP_NUM_THREADS", "1"))
+        rows = [r for f in args.summarize.split(",") for r in json.loads(Path(f).read_text())]
+        run.notes.append(f"runs {min(r.get('date', '?') for r in rows)} to {max(r.get('date', '?') for r in rows)}"
+                         f" (the command above re-summarizes them); each run: `--seeds 0,1,2 --epochs "
+                         f"{rows[0]['epochs'] if rows[0]['mode'] == 'unified' else '?'}` at "
+                         f"{rows[0]['image_size']} px, torch threads 1, niced, 2 cores shared by six jobs")
+        body = ("Mean ± standard deviation over seeds. Selection columns: `val` = held-out normal validation images "
+                "+ the same images with a pasted defect; `test` columns are for the report only.\n\n"
+                + summary(rows) + "\n\n" + per_category_table(rows))
+        if args.part:
+            rw.publish(args, "recipe-selection", "Training recipes chosen on validation + pasted defects",
+                       "benchmarks/recipe_selection.py", body, run, part=args.part.split(","))
+        else:
+            print(body)
         return 0
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     label, root = dataset_of(args.data)
