@@ -339,11 +339,11 @@ def build_variant(trained: Trained, variant: Variant, pool: torch.Tensor, work: 
                   calib_source=variant.source, calib_samples=variant.settings(args)["calib"], pass_options=options,
                   train=pool if variant.qat else None, workdir=work, seed=args.seed, progress=False)
     seconds = time.perf_counter() - t0
-    artifact = om.graph.meta.get("artifact") or {}
+    artifact = om.graph.state.artifact or {}
     path = Path(artifact["model"])
     report = om.report
     return path, {"calibration": report.get("calibration"), "quant": report.get("quant"),
-                  "qat": om.graph.meta.get("qat")}, seconds
+                  "qat": om.graph.state.qat.to_dict() if om.graph.state.qat else None}, seconds
 
 
 def artifact_predictions(path: Path, test: Dataset, threads: int) -> Any:

@@ -119,10 +119,10 @@ def bench_model(name: str, args: argparse.Namespace, calib: torch.Tensor, work: 
             workdir=work / f"{name}-{bits}-{len(onnx_files)}",
             progress=False,
         )
-        onnx_files[label] = Path(om.graph.meta["artifact"]["model"])
+        onnx_files[label] = Path(om.graph.state.artifact["model"])
         variants[label] = {"backend": "ort", "path": str(onnx_files[label])}
         if bits == 8:
-            kernels = om.graph.meta["artifact"]["notes"]["integer_kernels"]["by_role"]
+            kernels = om.graph.state.artifact["notes"]["integer_kernels"]["by_role"]
             variants[label]["kernels"] = kernels
     common = {
         "image_size": size,

@@ -48,7 +48,7 @@ from anomopt.graph import capture
 from anomopt.inference import predict_dataset, stack_images
 from anomopt.metrics import evaluate_predictions
 from anomopt.models import build_model
-from anomopt.passes import PASS_REGISTRY, load_pipeline, pipeline_path
+from anomopt.passes import load_pipeline, pipeline_path
 from anomopt.passes.prune import conv_macs
 from anomopt.targets.onnx_export import INPUT_NAME, export_onnx
 from anomopt.train import TrainConfig, train_model
@@ -192,12 +192,12 @@ def int8_artifact(model: torch.nn.Module, calib: torch.Tensor, work: Path, scope
     """The cpu-int8 pipeline on ``model`` (quantization ``scope``: student | all); returns the INT8 ONNX
     path and the optimized graph."""
     work.mkdir(parents=True, exist_ok=True)
-    pipeline = load_pipeline(pipeline_path("cpu", 8)) if "lower" in PASS_REGISTRY else None
+    pipeline = load_pipeline(pipeline_path("cpu", 8))
     if pipeline is not None:
         before = set(work.rglob("*.onnx"))
         om = optimize(model, "cpu", 8, calib=calib, passes=pipeline, workdir=work, progress=False,
                       pass_options={"insert_fake_quant": {"scope": scope}})
-        artifact = om.graph.meta.get("artifact") or {}
+        artifact = om.graph.state.artifact or {}
         path = artifact.get("path") if isinstance(artifact, dict) else None
         if path is None or not str(path).endswith(".onnx"):
             fresh = sorted(set(work.rglob("*.onnx")) - before, key=lambda p: p.stat().st_mtime)

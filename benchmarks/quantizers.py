@@ -137,7 +137,7 @@ def build(ckpt: Path, variant: str, calib: torch.Tensor, work: Path, args: argpa
     om = optimize(model, "xavier_nx", bits, calib=calib if bits == 8 else None, variant=pipeline_variant,
                   tolerance=gc.NO_DRIFT_LIMIT, calib_samples=args.calib_images, pass_options=options,
                   workdir=work, seed=args.seed, progress=False)
-    return Path(om.graph.meta["artifact"]["model"]), time.perf_counter() - t0
+    return Path(om.graph.state.artifact["model"]), time.perf_counter() - t0
 
 
 def mean_of(per_cat: dict[str, dict[str, float]], key: str) -> float:

@@ -34,7 +34,7 @@ def stfpm_int8(tmp_path_factory):
     calib = torch.rand(12, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     om = optimize(build_model("stfpm", image_size=64), "cpu", 8, calib=calib, calib_samples=8,
                   workdir=tmp_path_factory.mktemp("stfpm"), progress=False)
-    return om.graph.meta["artifact"]["model"]
+    return om.graph.state.artifact["model"]
 
 
 def _run(path, x):

@@ -105,7 +105,7 @@ def test_export_graph_is_clean_and_maps_convs(ptq_graphs, tmp_path):
     ops = [n.op_type for n in proto.graph.node]
     assert "QuantizeLinear" not in ops  # quantizers switched off for the FP32 export ...
     assert all(
-        q.enabled for q in [graph.module(n).input_quantizer for n in graph.meta["quantized_layers"]]
+        q.enabled for q in [graph.module(n).input_quantizer for n in graph.state.quantized_layers]
     )  # ... and back on
     head_ops = [n.op_type for n in proto.graph.node if n.name.startswith("/head/")]
     assert "MatMul" not in head_ops and "Conv" not in head_ops  # STFPM's recipe: no blur
@@ -195,9 +195,9 @@ def test_kept_fp_layer_stays_float(tmp_path):
         progress=False,
     )
     graph = om.graph
-    keep = graph.meta["quantized_layers"][0]
+    keep = graph.state.quantized_layers[0]
     set_layer_quantized(graph, keep, False)
-    graph.meta["kept_fp"] = [keep]
+    graph.state.kept_fp = [keep]
     exported = export_onnx(graph, tmp_path / "fp32.onnx")
     notes = quantize_ort_int8(exported.path, tmp_path / "int8.onnx", graph, exported.conv_map, calib)
     assert notes["convs_quantized"] == _onnx_student_convs(exported) - 1

@@ -81,7 +81,7 @@ def rd_max(calib, tmp_path_factory):
 
 @needs_modelopt
 def test_modelopt_artifact_is_symmetric_int8_qdq_on_student_convs_only(rd_max):
-    record = rd_max.graph.meta["artifact"]
+    record = rd_max.graph.state.artifact
     assert "ModelOpt" in record["quantization"]
     proto = onnx.load(record["model"])
     onnx.checker.check_model(proto, full_check=True)
@@ -94,7 +94,7 @@ def test_modelopt_artifact_is_symmetric_int8_qdq_on_student_convs_only(rd_max):
     for n in proto.graph.node:
         if n.op_type == "DequantizeLinear":
             assert consumers[n.output[0]].name.startswith("/student/")
-    assert rd_max.graph.meta["quant"]["backend"] == "modelopt"
+    assert rd_max.graph.state.quant.backend == "modelopt"
     # the teacher keeps no enabled ModelOpt quantizer
     assert all(name.startswith("student.") for name in modelopt_quantizers(rd_max.graph.model))
 
@@ -137,7 +137,7 @@ def test_max_calibration_amax_is_the_observed_maximum(calib):
     quantizers = {
         n.rsplit(".", 1)[0]: q for n, q in modelopt_quantizers(graph.model).items() if n.endswith("input_quantizer")
     }
-    assert set(quantizers) == set(seen) == set(graph.meta["quantized_layers"])
+    assert set(quantizers) == set(seen) == set(graph.state.quantized_layers)
     for name, q in quantizers.items():
         assert float(q.amax) == pytest.approx(seen[name], rel=1e-5), name
 
@@ -145,7 +145,7 @@ def test_max_calibration_amax_is_the_observed_maximum(calib):
 @needs_modelopt
 def test_entropy_calibration_clips_below_max(calib, tmp_path):
     om = _optimize("rd", calib, tmp_path, method="entropy", num_bins=256)
-    assert om.graph.meta["calibration"]["method"] == "entropy"
+    assert om.graph.state.calibration.method == "entropy"
     amax = {n: float(q.amax) for n, q in modelopt_quantizers(om.graph.model).items() if n.endswith("input_quantizer")}
     ref = _optimize("rd", calib, tmp_path / "max", method="max")
     amax_max = {
@@ -206,7 +206,7 @@ def test_benchmark_placement_helpers_on_a_modelopt_artifact(rd_max, tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import quantizers
 
-    path = rd_max.graph.meta["artifact"]["model"]
+    path = rd_max.graph.state.artifact["model"]
     placement = quantizers.qdq_placement(path)
     proto = onnx.load(path)
     student_convs = {n.name for n in proto.graph.node if n.op_type == "Conv" and n.name.startswith("/student/")}

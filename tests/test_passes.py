@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 import torch
@@ -19,6 +21,7 @@ from anomopt.passes import (
     PassManager,
     Tolerance,
     load_pipeline,
+    option,
     resolve_pass,
 )
 from anomopt.passes.fake_quant import quantized_layers
@@ -177,8 +180,12 @@ class ScaleMap(Pass):
 
     name = "scale_map"
 
+    @dataclass
+    class Options:
+        factor: float = option(2.0, "the map and score multiplier")
+
     def run(self, graph, ctx):
-        factor = float(self.options.get("factor", 2.0))
+        factor = self.options.factor
         graph.model.head.register_forward_hook(lambda m, a, out: (out[0] * factor, out[1] * factor))
         return graph
 
@@ -208,10 +215,10 @@ def test_auto_mixed_precision_keeps_fewest_layers(toy_images):
     ctx = _ctx(toy_images)
     graph, _ = PassManager([InsertFakeQuant(weight_bits=4), Calibrate(method="max")]).run(graph, ctx)
     loose = AutoMixedPrecision(max_map_drift=10.0).run(graph, ctx)
-    assert loose.meta["kept_fp"] == []
+    assert loose.state.kept_fp == []
     tight = AutoMixedPrecision(max_map_drift=1e-12, max_fp_fraction=1.0).run(graph, ctx)
-    assert 1 <= len(tight.meta["kept_fp"]) <= 2
-    assert all(not graph.module(n).input_quantizer.enabled for n in tight.meta["kept_fp"])
+    assert 1 <= len(tight.state.kept_fp) <= 2
+    assert all(not graph.module(n).input_quantizer.enabled for n in tight.state.kept_fp)
 
 
 def test_quantizing_teacher_too_changes_scope(toy_images):

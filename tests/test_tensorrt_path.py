@@ -294,8 +294,8 @@ def test_torch_tensorrt_int8_bundle_restores_the_modelopt_model(calib, tmp_path)
     om = optimize(build_model("rd", image_size=SIZE), "xavier_nx", 8, calib=calib, variant="torch_tensorrt",
                   pass_options={"modelopt_quantize": {"method": "max"}}, calib_samples=8, workdir=tmp_path,
                   progress=False)
-    folder = Path(om.graph.meta["artifact"]["dir"])
-    assert {"modelopt_state.pth", "model.pt2", "build_torch_trt.py"} <= set(om.graph.meta["artifact"]["files"])
+    folder = Path(om.graph.state.artifact["dir"])
+    assert {"modelopt_state.pth", "model.pt2", "build_torch_trt.py"} <= set(om.graph.state.artifact["files"])
     restored = restore_modelopt_model(folder)
     x = calib[:2]
     with torch.no_grad():

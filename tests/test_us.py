@@ -183,4 +183,4 @@ def test_qat_finetune_calls_the_models_refit_hook(toy_images) -> None:
     ctx = PassContext(train_images=toy_images[:8], seed=0)
     graph = QATFineTune(epochs=1, batch_size=4).run(graph, ctx)
     assert calls == [8]
-    assert graph.meta["last_pass_notes"]["refit"] == {"refit_images": 8}
+    assert ctx.notes["refit"] == {"refit_images": 8}

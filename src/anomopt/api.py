@@ -3,11 +3,13 @@ pass manager with drift checks, optionally gates on AUROC, and returns an :class
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
 import warnings
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-import anomopt.targets.lower  # noqa: F401  (registers the 'lower' pass for pipeline files)
 from anomopt.calibration_data import build_calibration_images, sample_images
 from anomopt.checkpoint import load_checkpoint, require_thresholds
 from anomopt.data.dataset import AnomalyDataset, load_validation
@@ -59,6 +60,7 @@ class OptimizedModel:
     normalization: dict[str, Any]
     metrics_before: dict[str, Any] | None = None
     metrics_after: dict[str, Any] | None = None
+    normalization_source: dict[str, Any] | None = None  # which model and images the thresholds came from
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -71,11 +73,11 @@ class OptimizedModel:
             "pipeline_source": self.pipeline.source,
             **self.passes_report.to_dict(),
             "parameters": {r: self.graph.parameter_count(r) for r in ("teacher", "student", "head")},
-            "quant": self.graph.meta.get("quant"),
-            "calibration": self.graph.meta.get("calibration"),
-            "kept_fp": self.graph.meta.get("kept_fp", []),
-            "artifact": self.graph.meta.get("artifact"),
-            "thresholds": self.graph.meta.get("normalization_source"),
+            "quant": _record(self.graph.state.quant),
+            "calibration": _record(self.graph.state.calibration),
+            "kept_fp": list(self.graph.state.kept_fp),
+            "artifact": self.graph.state.artifact,
+            "thresholds": self.normalization_source,
         }
         if self.metrics_before is not None:
             out["metrics_before"] = self.metrics_before
@@ -108,7 +110,13 @@ class OptimizedModel:
         return save_artifact(self, Path(directory), overwrite=overwrite, inputs=tuple(inputs))
 
 
-def _as_pipeline(passes: Any, target: TargetSpec, bits: int, variant: str | None) -> Pipeline:
+def _record(value: Any) -> dict[str, Any] | None:
+    return None if value is None else value.to_dict()
+
+
+def resolve_pipeline(passes: Any, target: TargetSpec, bits: int, variant: str | None = None) -> Pipeline:
+    """The pipeline :func:`optimize` runs: the target's shipped one for ``bits`` (and ``variant``) when
+    ``passes`` is None, else ``passes`` (a ``.toml`` path, a :class:`Pipeline` or a list of passes)."""
     if passes is None:
         return load_pipeline(pipeline_path(target.name, bits, variant))
     if isinstance(passes, Pipeline):
@@ -124,6 +132,23 @@ def _as_pipeline(passes: Any, target: TargetSpec, bits: int, variant: str | None
                 built.append(resolve_pass(item))
         return Pipeline(name="custom", target=target.name, bits=bits, passes=built, source="<python>")
     raise ConfigError(f"passes must be None, a .toml path, a Pipeline or a list of passes, not {passes!r}")
+
+
+def apply_pass_options(pipeline: Pipeline, pass_options: dict[str, dict[str, Any]] | None) -> None:
+    """Override options of the named passes in ``pipeline``; an entry naming a pass that is not in it, an
+    unknown option or a wrong type is a :class:`ConfigError`."""
+    present = [p.name for p in pipeline.passes]
+    for name, options in (pass_options or {}).items():
+        if name not in present:
+            raise ConfigError(
+                f"pass_options names pass {name!r}, which is not in pipeline {pipeline.name!r} "
+                f"(its passes: {', '.join(present)})"
+            )
+        if not isinstance(options, dict):
+            raise ConfigError(f"pass_options[{name!r}] must be a dict of options, not {options!r}")
+    for p in pipeline.passes:
+        if p.name in (pass_options or {}):
+            p.configure(**pass_options[p.name])
 
 
 def _validation_set(
@@ -166,7 +191,7 @@ def _without_validation(pool: Any, val_set: Dataset | None, reporter: Any, what:
 
 def _ensure_lowered(graph: ModelGraph, spec: TargetSpec, bits: int, ctx: PassContext) -> None:
     """Lower the graph now when the pipeline did not, so thresholds are fitted on the deployed model."""
-    record = graph.meta.get("artifact")
+    record = graph.state.artifact
     if (
         isinstance(record, dict)
         and record.get("target") == spec.name
@@ -181,7 +206,7 @@ def _ensure_lowered(graph: ModelGraph, spec: TargetSpec, bits: int, ctx: PassCon
     )
     record = lower_graph(graph, spec, bits, out, ctx.calib_images)
     record["notes"]["lowered_by"] = "optimize() before re-fitting thresholds (the pipeline had no 'lower' pass)"
-    graph.meta["artifact"] = record
+    graph.state.artifact = record
     graph.runner = OnnxRunner(record["model"], description=record["runner"])
 
 
@@ -201,13 +226,121 @@ def refit_thresholds(
     pol = parse_policy(policy)
     runner = getattr(graph, "runner", None)
     what = getattr(runner, "description", None) or "torch graph"
-    record = graph.meta.get("artifact") or {}
+    record = graph.state.artifact or {}
     model = f"{record.get('target', '?')} {record.get('precision', '?')} artifact: {what}" if record else what
     preds = predict_dataset(graph.predict, val, batch_size=8, progress=progress, desc="re-fit thresholds")
     if np.any(preds.labels != 0):
         raise ConfigError("threshold re-fit: the validation set holds anomalous images; use normal images only")
     norm = fit_normalization(preds.categories, preds.scores, preds.maps, policy=pol, source=model)
     return norm, {"model": model, "threshold_policy": pol.spec, "n_val": int(len(preds.scores))}
+
+
+def _input_model(model: KDModel | str | os.PathLike[str]) -> tuple[KDModel, dict[str, Any]]:
+    """The model to optimize and its checkpoint payload (empty for a model object)."""
+    payload: dict[str, Any] = {}
+    if isinstance(model, (str, os.PathLike)):
+        ckpt_path = model
+        model, payload = load_checkpoint(model)
+        require_thresholds(payload, ckpt_path)
+    if not isinstance(model, KDModel):
+        raise ConfigError(
+            f"optimize() takes an anomopt KD model or a checkpoint path, not {type(model).__name__}"
+        )
+    return model, payload
+
+
+def _image_pools(
+    work: KDModel,
+    calib: Dataset | torch.Tensor | None,
+    train: Dataset | torch.Tensor | None,
+    held: torch.Tensor | None,
+    calib_source: str,
+    calib_samples: int,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The held drift batch (the last images of ``calib``, kept out of calibration, or noise), the
+    calibration images and the fine-tuning images."""
+    size, backbone = work.config.image_size, work.config.backbone
+    torch.manual_seed(seed)
+    n_calib_pool = len(calib) if calib is not None else 0  # type: ignore[arg-type]
+    reserve = HELD_IMAGES if n_calib_pool > HELD_IMAGES * 2 else 0
+    if held is None:
+        if isinstance(calib, torch.Tensor):
+            held = calib[-reserve:]
+        elif calib is not None:
+            first = n_calib_pool - max(reserve, min(HELD_IMAGES, n_calib_pool))
+            held = torch.stack([calib[i]["image"] for i in range(first, n_calib_pool)])
+        else:
+            held = build_calibration_images("noise", None, HELD_IMAGES, size, backbone, seed + 1)
+    calib_images = build_calibration_images(calib_source, calib, calib_samples, size, backbone, seed, reserve)
+    train_images = None
+    if train is not None:
+        train_images = sample_images(train, len(train), seed)  # type: ignore[arg-type]
+    elif calib is not None:
+        train_images = sample_images(calib, n_calib_pool, seed, reserve)
+    return held, calib_images, train_images
+
+
+def _tolerance(tolerance: Tolerance | dict[str, float] | None, pipeline: Pipeline, eval: Dataset | None) -> Tolerance:  # noqa: A002
+    """The pipeline's tolerance with the given keys replaced (a :class:`Tolerance` replaces it whole);
+    AUROC limits need labelled data."""
+    tol = tolerance if isinstance(tolerance, Tolerance) else pipeline.tolerance.merged(dict(tolerance or {}))
+    if eval is None:
+        limits = [k for k in ("max_image_auroc_drop", "max_pixel_auroc_drop") if np.isfinite(getattr(tol, k))]
+        if limits:
+            raise ConfigError(
+                f"tolerance {', '.join(limits)} needs labelled test data to measure AUROC: pass eval=... "
+                "(CLI: --evaluate) or drop the limit"
+            )
+    return tol
+
+
+def _passes_to_run(pipeline: Pipeline, tol: Tolerance, eval: Dataset | None) -> list[Pass]:  # noqa: A002
+    """The pipeline's passes, plus an accuracy gate at the end when AUROC limits are set and none is there."""
+    run_passes = list(pipeline.passes)
+    wants_gate = np.isfinite(tol.max_image_auroc_drop) or np.isfinite(tol.max_pixel_auroc_drop)
+    if eval is not None and wants_gate and not any(isinstance(p, AccuracyGate) for p in run_passes):
+        run_passes.append(AccuracyGate())
+    return run_passes
+
+
+@contextlib.contextmanager
+def _lowering_folder(ctx: PassContext, spec: TargetSpec, bits: int) -> Iterator[Path | None]:
+    """Without a ``workdir``, lowering's files go to a marked temp folder this call owns (yielded); it is
+    removed when the block fails."""
+    owned = None
+    try:
+        with signals_deferred():  # a signal cannot land between creating the folder and recording it
+            if ctx.workdir is None:
+                owned = make_work_dir(f"anomopt-{spec.name}-{bits}bit-")
+                ctx.workdir = str(owned)
+        yield owned
+    except BaseException:
+        if owned is not None:
+            shutil.rmtree(owned, ignore_errors=True)
+        raise
+
+
+def _keep_with_runner(owned: Path | None, graph: ModelGraph) -> None:
+    """An owned lowering folder lives as long as the runner that reads its files (else it goes now)."""
+    if owned is None:
+        return
+    if isinstance(graph.state.artifact, dict) and graph.runner is not None:
+        weakref.finalize(graph.runner, shutil.rmtree, owned, True)
+    else:
+        shutil.rmtree(owned, ignore_errors=True)
+
+
+def _unfitted_source(normalization: dict[str, Any]) -> dict[str, Any]:
+    """The threshold source when no validation images re-fit them (with a warning when there are some)."""
+    if normalization:
+        warnings.warn(
+            "optimize(): no validation images (val=..., a checkpoint split or data_root): the thresholds "
+            "were not re-fitted on the optimized model and may not match its scores",
+            UserWarning,
+            stacklevel=3,
+        )
+    return {"model": "as given (not re-fitted: no validation images)", "threshold_policy": _policy_of(normalization)}
 
 
 def optimize(
@@ -259,21 +392,11 @@ def optimize(
     spec.check_bits(bits)
     policy = parse_policy(threshold_policy) if threshold_policy is not None else None
     sweep_stale_work_dirs()  # temp folders of earlier runs that were killed
-    payload: dict[str, Any] = {}
-    if isinstance(model, (str, os.PathLike)):
-        ckpt_path = model
-        model, payload = load_checkpoint(model)
-        require_thresholds(payload, ckpt_path)
-    if not isinstance(model, KDModel):
-        raise ConfigError(
-            f"optimize() takes an anomopt KD model or a checkpoint path, not {type(model).__name__}"
-        )
+    model, payload = _input_model(model)
     categories = categories or payload.get("categories") or []
     normalization = normalization or payload.get("normalization") or {}
-    pipeline = _as_pipeline(passes, spec, bits, variant)
-    for p in pipeline.passes:
-        for key, value in (pass_options or {}).get(p.name, {}).items():
-            (p.tolerance_override if key in p.TOLERANCE_KEYS else p.options)[key] = value
+    pipeline = resolve_pipeline(passes, spec, bits, variant)
+    apply_pass_options(pipeline, pass_options)
 
     work = copy.deepcopy(model).eval()
     size = work.config.image_size
@@ -284,47 +407,10 @@ def optimize(
         raise ConfigError(
             f"threshold policy {policy.spec} needs normal validation images: pass val=... or data_root=..."
         )
-    torch.manual_seed(seed)
-    n_calib_pool = len(calib) if calib is not None else 0  # type: ignore[arg-type]
-    reserve = HELD_IMAGES if n_calib_pool > HELD_IMAGES * 2 else 0
-    if held is None:
-        if calib is not None:
-            held = (
-                calib[-reserve:]
-                if isinstance(calib, torch.Tensor)
-                else torch.stack(
-                    [
-                        calib[i]["image"]
-                        for i in range(
-                            n_calib_pool - max(reserve, min(HELD_IMAGES, n_calib_pool)), n_calib_pool
-                        )
-                    ]
-                )
-            )
-        else:
-            held = build_calibration_images("noise", None, HELD_IMAGES, size, work.config.backbone, seed + 1)
     if calib is None and bits == 32:
         calib_source = "noise"  # FP32 needs no calibration: noise only feeds lowering's checks
-    calib_images = build_calibration_images(
-        calib_source, calib, calib_samples, size, work.config.backbone, seed, reserve
-    )
-    train_images = None
-    if train is not None:
-        train_images = sample_images(train, len(train), seed)  # type: ignore[arg-type]
-    elif calib is not None:
-        train_images = sample_images(calib, n_calib_pool, seed, reserve)
-
-    tol = tolerance if isinstance(tolerance, Tolerance) else None
-    base_tol = pipeline.tolerance
-    if tol is None:
-        tol = base_tol.merged(dict(tolerance or {}))
-    if eval is None:
-        limits = [k for k in ("max_image_auroc_drop", "max_pixel_auroc_drop") if np.isfinite(getattr(tol, k))]
-        if limits:
-            raise ConfigError(
-                f"tolerance {', '.join(limits)} needs labelled test data to measure AUROC: pass eval=... "
-                "(CLI: --evaluate) or drop the limit"
-            )
+    held, calib_images, train_images = _image_pools(work, calib, train, held, calib_source, calib_samples, seed)
+    tol = _tolerance(tolerance, pipeline, eval)
     ctx = PassContext(
         target=spec,
         bits=bits,
@@ -333,10 +419,10 @@ def optimize(
         held_images=held,
         eval_set=eval,
         tolerance=tol,
+        calib_source=calib_source,
         seed=seed,
         progress=progress,
         workdir=str(workdir) if workdir else None,
-        state={"calib_source": calib_source, "categories": categories, "normalization": normalization},
         reporter=reporter,
     )
     reporter.log(
@@ -344,69 +430,30 @@ def optimize(
         f"{len(calib_images)} calibration images ({calib_source}), drift on {len(held)} held images"
     )
     graph = capture(work, held[:1])
-    graph.meta.update(
-        {"categories": categories, "normalization": normalization, "model_config": work.config.to_dict()}
-    )
     metrics_before = None
     if eval is not None:
         reporter.log(f"optimize: measuring the input model's AUROC on {len(eval)} labelled images")  # type: ignore[arg-type]
         metrics_before = evaluate_graph(graph, eval, normalization=normalization or None, progress=progress)
-    ctx.state["reference_metrics"] = metrics_before
-    run_passes = list(pipeline.passes)
-    wants_gate = np.isfinite(tol.max_image_auroc_drop) or np.isfinite(tol.max_pixel_auroc_drop)
-    if eval is not None and wants_gate and not any(isinstance(p, AccuracyGate) for p in run_passes):
-        run_passes.append(AccuracyGate())
-    owned = None
-    try:
-        with signals_deferred():  # a signal cannot land between creating the folder and recording it
-            if ctx.workdir is None:  # lowering's files go to a marked temp folder that this call owns
-                owned = make_work_dir(f"anomopt-{spec.name}-{bits}bit-")
-                ctx.workdir = str(owned)
-        graph, report = PassManager(run_passes).run(graph, ctx)
+    ctx.reference_metrics = metrics_before
+    with _lowering_folder(ctx, spec, bits) as owned:
+        graph, report = PassManager(_passes_to_run(pipeline, tol, eval)).run(graph, ctx)
         if val_set is not None:
             _ensure_lowered(graph, spec, bits, ctx)
             reporter.log(f"optimize: re-fitting thresholds on the lowered model, {len(val_set)} validation images")
-            normalization, source = refit_thresholds(graph, val_set, policy, progress)
-            source["validation"] = val_how
-            graph.meta["normalization_source"] = source
+            normalization, normalization_source = refit_thresholds(graph, val_set, policy, progress)
+            normalization_source["validation"] = val_how
         else:
-            graph.meta["normalization_source"] = {
-                "model": "as given (not re-fitted: no validation images)",
-                "threshold_policy": _policy_of(normalization),
-            }
-            if normalization:
-                warnings.warn(
-                    "optimize(): no validation images (val=..., a checkpoint split or data_root): the thresholds "
-                    "were not re-fitted on the optimized model and may not match its scores",
-                    UserWarning,
-                    stacklevel=2,
-                )
+            normalization_source = _unfitted_source(normalization)
         categories = list(categories) or sorted(normalization)
-        graph.meta["categories"] = categories
-        graph.meta["normalization"] = normalization
-        metrics_after = graph.meta.get("metrics_after")
+        metrics_after = graph.state.metrics_after
         if eval is not None and (normalization or metrics_after is None):
             reporter.log("optimize: measuring the optimized model's AUROC")
             metrics_after = evaluate_graph(graph, eval, normalization=normalization or None, progress=progress)
-    except BaseException:
-        if owned is not None:
-            shutil.rmtree(owned, ignore_errors=True)
-        raise
-    if owned is not None:
-        if isinstance(graph.meta.get("artifact"), dict) and graph.runner is not None:
-            weakref.finalize(graph.runner, shutil.rmtree, owned, True)  # the runner reads the lowered files
-        else:
-            shutil.rmtree(owned, ignore_errors=True)
+    _keep_with_runner(owned, graph)
     result = OptimizedModel(
-        graph=graph,
-        target=spec,
-        bits=bits,
-        pipeline=pipeline,
-        passes_report=report,
-        categories=list(categories),
-        normalization=dict(normalization),
-        metrics_before=metrics_before,
-        metrics_after=metrics_after,
+        graph=graph, target=spec, bits=bits, pipeline=pipeline, passes_report=report, categories=list(categories),
+        normalization=dict(normalization), metrics_before=metrics_before, metrics_after=metrics_after,
+        normalization_source=normalization_source,
     )
     reporter.log(f"optimize: done in {reporter.elapsed():.1f}s\n{result.summary()}")
     return result

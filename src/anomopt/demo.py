@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,20 +145,64 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the whole demo; returns the summary dict that is also written to ``<out>/summary.json``."""
     import torch
 
-    from anomopt.api import optimize
-    from anomopt.bench import machine_load, run_isolated
-    from anomopt.data import generate_synthetic, load_mvtec
-    from anomopt.inference import torch_scorer
     from anomopt.metrics import format_table
-    from anomopt.models import build_model
-    from anomopt.report import ReportVariant, write_report
-    from anomopt.train import TrainConfig, seed_everything, train_model
 
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     say = print
+    data_root, (train, val, test) = _demo_data(cfg, out, say)
+    model, ckpt, result = _train(cfg, out, train, val, say)
+    norm = result.normalization
+    say("[3/8] optimizing for cpu: FP32, PTQ (training-image / noise calibration), QAT")
+    runs = _optimize_variants(cfg, out, model, train, val, norm)
+
+    say("[4/8] exporting the INT8 artifact")
+    artifact = runs["PTQ train-calib"].save(out / "artifact-int8")
+    runs["FP32 (ORT)"].save(out / "artifact-fp32")
+    say(f"      {artifact}")
+
+    say("[5/8] evaluating FP32 vs INT8 per category on the test split")
+    evals = _evaluate(cfg, model, runs, test, norm)
+
+    say(f"[6/8] benchmarking batch-1 latency ({cfg.threads} threads)")
+    latency, sizes, load = _benchmark(cfg, ckpt, runs, say)
+    variants = _report_variants(evals, latency, sizes, runs, norm)
+    fp32_ms = latency["FP32 (ORT)"]["p50_ms"]
+    int8_ms = latency["PTQ train-calib"]["p50_ms"]
+    summary_text = _summary_table(variants, fp32_ms / int8_ms)
+    say(
+        "[7/8] summary\n"
+        + format_table(evals["PTQ train-calib"][1], title="INT8 (PTQ, train calibration) per category")
+    )
+    say(summary_text)
+
+    say("[8/8] writing the report")
+    report = _write_demo_report(cfg, out, data_root, train, test, runs, evals, variants, summary_text, load, norm,
+                                fp32_ms, int8_ms)
+    summary = {
+        "seconds": time.perf_counter() - t_start,
+        "report": str(report),
+        "artifact": str(artifact),
+        "checkpoint": str(ckpt),
+        "variants": {
+            v.name: {"metrics": v.metrics["mean"], "latency": latency[v.name], "size_bytes": v.size_bytes}
+            for v in variants
+        },
+        "int8_vs_fp32_ort_speedup": fp32_ms / int8_ms,
+        "train_images_per_second": result.images_per_second,
+    }
+    write_json_atomic(out / "summary.json", summary)
+    say(f"report: {report}\ndone in {summary['seconds'] / 60:.1f} min")
+    return summary
+
+
+def _demo_data(cfg: DemoConfig, out: Path, say: Callable[[str], None]) -> tuple[Path, tuple[Any, Any, Any]]:
+    """Step 1: the data set (the synthetic one, generated once into ``out/data``, unless ``cfg.data``) and
+    its train / validation / test splits."""
+    from anomopt.data import generate_synthetic, load_mvtec
+
     if cfg.data is None:
         data_root = out / "data"
         if not (data_root / "synthetic.json").is_file():
@@ -177,9 +222,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         data_root = Path(cfg.data)
         say(f"[1/8] using the data set in {data_root}")
     common = dict(image_size=cfg.image_size, seed=cfg.seed, val_fraction=cfg.val_fraction)
-    train = load_mvtec(data_root, cfg.categories, split="train", **common)
-    val = load_mvtec(data_root, cfg.categories, split="val", **common)
-    test = load_mvtec(data_root, cfg.categories, split="test", **common)
+    splits = tuple(load_mvtec(data_root, cfg.categories, split=s, **common) for s in ("train", "val", "test"))
+    return data_root, splits  # type: ignore[return-value]
+
+
+def _train(cfg: DemoConfig, out: Path, train: Any, val: Any, say: Callable[[str], None]) -> tuple[Any, Path, Any]:
+    """Step 2: a unified STFPM trained on every category's normal images; returns model, checkpoint, result."""
+    from anomopt.models import build_model
+    from anomopt.train import TrainConfig, seed_everything, train_model
 
     say(f"[2/8] training a unified STFPM on {len(train)} normal images of {len(train.categories)} categories")
     seed_everything(cfg.seed)
@@ -194,10 +244,16 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         val_set=val,
         categories=list(train.categories),
     )
-    norm = result.normalization
     say(f"      {result.epochs_run} epochs, {result.images_per_second:.1f} images/s, checkpoint {ckpt}")
+    return model, ckpt, result
 
-    say("[3/8] optimizing for cpu: FP32, PTQ (training-image / noise calibration), QAT")
+
+def _optimize_variants(
+    cfg: DemoConfig, out: Path, model: Any, train: Any, val: Any, norm: dict[str, Any]
+) -> dict[str, Any]:
+    """Step 3: the CPU variants: FP32, PTQ with training-image and with noise calibration, QAT."""
+    from anomopt.api import optimize
+
     common_opt = dict(
         calib=train,
         categories=list(train.categories),
@@ -206,7 +262,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         seed=cfg.seed,
         progress=cfg.progress,
     )
-    runs = {
+    return {
         "FP32 (ORT)": optimize(model, "cpu", 32, workdir=out / "work" / "fp32", **common_opt),
         "PTQ train-calib": optimize(model, "cpu", 8, workdir=out / "work" / "ptq-train", **common_opt),
         # Noise calibration is the paper's weak baseline: its drift usually breaks the pipeline's safety net
@@ -231,45 +287,61 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         ),
     }
 
-    say("[4/8] exporting the INT8 artifact")
-    artifact = runs["PTQ train-calib"].save(out / "artifact-int8")
-    runs["FP32 (ORT)"].save(out / "artifact-fp32")
-    say(f"      {artifact}")
 
-    say("[5/8] evaluating FP32 vs INT8 per category on the test split")
-    variants: list[ReportVariant] = []
+def _evaluate(cfg: DemoConfig, model: Any, runs: dict[str, Any], test: Any, norm: dict[str, Any]) -> dict[str, Any]:
+    """Step 5: predictions and metrics of the torch model and of every variant on the test split."""
+    from anomopt.inference import torch_scorer
+
     evals = {"FP32 (torch)": _variant_eval(torch_scorer(model), test, "fp32 torch", cfg.progress, norm)}
     for name, om in runs.items():
         evals[name] = _variant_eval(om.predict, test, name, cfg.progress, om.normalization)
+    return evals
 
-    say(f"[6/8] benchmarking batch-1 latency ({cfg.threads} threads)")
+
+def _benchmark(
+    cfg: DemoConfig, ckpt: Path, runs: dict[str, Any], say: Callable[[str], None]
+) -> tuple[dict[str, Any], dict[str, int | None], dict[str, Any]]:
+    """Step 6: batch-1 latency of the torch model and of every artifact, each in its own process (its
+    peak RSS is its own, not the demo's, which trained a model); returns latency, file sizes, machine load."""
+    from anomopt.bench import machine_load, run_isolated
+
     load = machine_load(cfg.threads)
     if load["warning"]:
         say("      " + load["warning"])
-    # each backend in its own process: its peak RSS is its own (not the demo's, which trained a model)
     timing = {"image_size": cfg.image_size, "threads": cfg.threads, "iters": 30, "warmup": 10, "batch": 8}
     latency = {"FP32 (torch)": run_isolated({"backend": "torch", "path": str(ckpt), **timing})}
     sizes: dict[str, int | None] = {"FP32 (torch)": None}
     for name, om in runs.items():
-        path = om.graph.meta["artifact"]["model"]
+        path = om.graph.state.artifact["model"]
         latency[name] = run_isolated({"backend": "ort", "path": str(path), **timing})
         sizes[name] = Path(path).stat().st_size
-    for name, (preds, metrics) in evals.items():
-        variants.append(
-            ReportVariant(
-                name=name,
-                metrics=metrics,
-                labels=preds.labels,
-                scores=preds.scores,
-                categories=preds.categories,
-                latency=latency[name],
-                size_bytes=sizes.get(name),
-                normalization=runs[name].normalization if name in runs else norm,
-            )
-        )
+    return latency, sizes, load
 
-    fp32_ms = latency["FP32 (ORT)"]["p50_ms"]
-    int8_ms = latency["PTQ train-calib"]["p50_ms"]
+
+def _report_variants(
+    evals: dict[str, Any], latency: dict[str, Any], sizes: dict[str, int | None], runs: dict[str, Any],
+    norm: dict[str, Any],
+) -> list[Any]:
+    """One report row per variant: metrics, scores, latency, size, thresholds."""
+    from anomopt.report import ReportVariant
+
+    return [
+        ReportVariant(
+            name=name,
+            metrics=metrics,
+            labels=preds.labels,
+            scores=preds.scores,
+            categories=preds.categories,
+            latency=latency[name],
+            size_bytes=sizes.get(name),
+            normalization=runs[name].normalization if name in runs else norm,
+        )
+        for name, (preds, metrics) in evals.items()
+    ]
+
+
+def _summary_table(variants: list[Any], speedup: float) -> str:
+    """Step 7: the text table of mean AUROCs, AUPRO, latency and size, and the INT8 speed-up."""
     lines = [f"{'variant':18s} {'img AUROC':>9s} {'pix AUROC':>9s} {'AUPRO':>6s} {'p50 ms':>7s} {'MB':>6s}"]
     for v in variants:
         m = v.metrics["mean"]
@@ -278,21 +350,24 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             f"{v.name:18s} {100 * m['image_auroc']:9.1f} {100 * m['pixel_auroc']:9.1f} "
             f"{100 * m['aupro']:6.1f} {v.latency_ms:7.1f} {mb}"
         )
-    lines.append(f"INT8 vs FP32 ONNX Runtime speed-up at batch 1: {fp32_ms / int8_ms:.2f}x")
-    summary_text = "\n".join(lines)
-    say(
-        "[7/8] summary\n"
-        + format_table(evals["PTQ train-calib"][1], title="INT8 (PTQ, train calibration) per category")
-    )
-    say(summary_text)
+    lines.append(f"INT8 vs FP32 ONNX Runtime speed-up at batch 1: {speedup:.2f}x")
+    return "\n".join(lines)
 
-    say("[8/8] writing the report")
+
+def _write_demo_report(
+    cfg: DemoConfig, out: Path, data_root: Path, train: Any, test: Any, runs: dict[str, Any],
+    evals: dict[str, Any], variants: list[Any], summary_text: str, load: dict[str, Any], norm: dict[str, Any],
+    fp32_ms: float, int8_ms: float,
+) -> Path:
+    """Step 8: the HTML report (metrics, latency, map panels, the INT8 pipeline's passes)."""
+    from anomopt.report import write_report
+
     norms = {v.name: v.normalization or norm for v in variants}
     panels = map_panels(evals, norms, test, ["FP32 (ORT)", "PTQ train-calib"])
-    notes = [speed_note(fp32_ms, int8_ms, runs["PTQ train-calib"].graph.meta["artifact"]["model"], cfg.image_size)]
+    notes = [speed_note(fp32_ms, int8_ms, runs["PTQ train-calib"].graph.state.artifact["model"], cfg.image_size)]
     if load["warning"]:
         notes.append(load["warning"])
-    report = write_report(
+    return write_report(
         out / "report" / "index.html",
         "anomopt demo: unified STFPM, CPU INT8",
         variants,
@@ -304,21 +379,6 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         baseline="FP32 (ORT)",
         pass_title="the INT8 pipeline (PTQ train-calib, cpu-int8)",
     )
-    summary = {
-        "seconds": time.perf_counter() - t_start,
-        "report": str(report),
-        "artifact": str(artifact),
-        "checkpoint": str(ckpt),
-        "variants": {
-            v.name: {"metrics": v.metrics["mean"], "latency": latency[v.name], "size_bytes": v.size_bytes}
-            for v in variants
-        },
-        "int8_vs_fp32_ort_speedup": fp32_ms / int8_ms,
-        "train_images_per_second": result.images_per_second,
-    }
-    write_json_atomic(out / "summary.json", summary)
-    say(f"report: {report}\ndone in {summary['seconds'] / 60:.1f} min")
-    return summary
 
 
 def demo_summary_ok(summary: dict[str, Any]) -> bool:

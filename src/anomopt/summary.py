@@ -58,6 +58,6 @@ def optimize_summary(om: Any) -> str:
         "and anomaly maps on held normal images, against the input model",
         om.passes_report.table(),
         *auroc_lines(om.metrics_before, om.metrics_after, limits),
-        artifact_line(om.graph.meta.get("artifact")),
+        artifact_line(om.graph.state.artifact),
     ]
     return "\n".join(lines)

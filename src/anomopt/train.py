@@ -13,7 +13,7 @@ import functools
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from anomopt.checkpoint import read_checkpoint, save_checkpoint
 from anomopt.data.dataset import AnomalyDataset, dataset_categories, split_record
+from anomopt.distill_loop import distill_epochs
 from anomopt.errors import CheckpointError, ConfigError, DataError
 from anomopt.inference import predict_dataset, stack_images, torch_scorer
 from anomopt.models import KDModel
@@ -213,29 +214,67 @@ def train_model(
         split = split_record(None, categories, None, None, val_set)
 
     images = (stack_images(train_set) * 255.0).round().to(torch.uint8)  # in memory, off the critical path
-    params = model.trainable_parameters()
-    optimizer = make_optimizer(params, config, model.config.model)
-    recipe = resolved_recipe(config, model.config.model)  # its schedule: see the hook in the step loop
-    start_epoch, result = 0, TrainResult()
+    optimizer = make_optimizer(model.trainable_parameters(), config, model.config.model)
     ckpt = Path(config.checkpoint) if config.checkpoint else None
-    if config.resume:
-        if ckpt is None or not ckpt.is_file():
-            raise CheckpointError(f"--resume: no checkpoint at {ckpt} to resume from")
-        payload = read_checkpoint(ckpt)
-        if payload["config"] != model.config.to_dict():
-            raise CheckpointError(f"{ckpt}: checkpoint was trained with another model config; cannot resume")
-        model.load_state_dict(payload["state_dict"])
-        state = payload["training"]
-        if state.get("optimizer"):
-            optimizer.load_state_dict(state["optimizer"])
-        start_epoch = int(state.get("epoch", 0))
-        result.losses = list(state.get("losses", []))
+    result = TrainResult()
+    start_epoch = _resume(ckpt, model, optimizer, result) if config.resume else 0
+    targets = _cache_targets(model.eval(), images, 16, dtype, show) if config.cache_features else None
 
-    targets = None
-    if config.cache_features:
-        model.eval()
-        targets = _cache_targets(model, images, 16, dtype, show)
+    def save(epoch: int, final: bool = False) -> None:
+        """The checkpoint after ``epoch`` (the final one also carries the normalization)."""
+        if ckpt is None or rank != 0:
+            return
+        training = {"epoch": epoch, "optimizer": optimizer.state_dict(), "losses": result.losses}
+        if final:
+            save_checkpoint(ckpt, model, categories, normalization=result.normalization,
+                            training={**training, "complete": True}, data_split=split)
+        else:
+            save_checkpoint(ckpt, model, categories, training=training, data_split=split)
 
+    t0 = time.perf_counter()
+    seen = _train_epochs(model, images, targets, optimizer, config, start_epoch, dtype, show, result, save)
+    result.seconds = time.perf_counter() - t0
+    result.images_per_second = seen / max(result.seconds, 1e-9)
+    model.eval()
+    if val_set is not None and len(val_set) > 0:  # type: ignore[arg-type]
+        preds = predict_dataset(torch_scorer(model), val_set, batch_size=config.batch_size)
+        result.normalization = fit_normalization(preds.categories, preds.scores, preds.maps)
+    save(config.epochs, final=True)
+    return result
+
+
+def _resume(ckpt: Path | None, model: KDModel, optimizer: torch.optim.Optimizer, result: TrainResult) -> int:
+    """Load the last complete epoch's weights, optimizer state and losses; returns the epoch to start at."""
+    if ckpt is None or not ckpt.is_file():
+        raise CheckpointError(f"--resume: no checkpoint at {ckpt} to resume from")
+    payload = read_checkpoint(ckpt)
+    if payload["config"] != model.config.to_dict():
+        raise CheckpointError(f"{ckpt}: checkpoint was trained with another model config; cannot resume")
+    model.load_state_dict(payload["state_dict"])
+    state = payload["training"]
+    if state.get("optimizer"):
+        optimizer.load_state_dict(state["optimizer"])
+    result.losses = list(state.get("losses", []))
+    return int(state.get("epoch", 0))
+
+
+def _train_epochs(
+    model: KDModel,
+    images: torch.Tensor,
+    targets: list[torch.Tensor] | None,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    start_epoch: int,
+    dtype: torch.dtype | None,
+    show: bool,
+    result: TrainResult,
+    save: Callable[[int], None],
+) -> int:
+    """The epochs from ``start_epoch`` on (the shared loop, :func:`anomopt.distill_loop.distill_epochs`),
+    with this process's shard of every batch, autocast, and a checkpoint after each epoch; returns the
+    number of images all processes saw."""
+    rank, world = _world()
+    n = len(images)
     model.to(memory_format=torch.channels_last)  # faster depthwise/BN kernels on CPU
     if targets is not None:
         targets = [t.contiguous(memory_format=torch.channels_last) for t in targets]
@@ -246,73 +285,57 @@ def train_model(
         phased = bool(getattr(model, "phased_training", False))
         runner = nn.parallel.DistributedDataParallel(runner, find_unused_parameters=phased)
     steps = math.ceil(n / config.batch_size)
-    t0 = time.perf_counter()
     seen = 0
-    bar = tqdm(
-        total=(config.epochs - start_epoch) * steps, desc=f"train {model.config.model}", disable=not show
-    )
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        nonlocal seen
+        idx = idx[rank::world]  # each process takes its shard of the same global batch
+        x = (images[idx].float() / 255.0).contiguous(memory_format=torch.channels_last)
+        tg = [t[idx].float() for t in targets] if targets is not None else None
+        seen += len(idx) * world
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            return runner(x, tg)
+
+    def begin_epoch(epoch: int) -> None:
+        model.set_epoch(epoch, config.epochs)
+        model.train()
+
+    # --- learning-rate schedule hook (anomopt.schedule: warm-up + decay, from the recipe) ---
+    recipe = resolved_recipe(config, model.config.model)
+    total_steps = (config.schedule_epochs or config.epochs) * steps
+
+    def schedule(epoch: int, step: int) -> None:
+        apply_lr(optimizer, recipe.lr, epoch * steps + step, total_steps, recipe.warmup, recipe.decay, recipe.final_lr)
+
+    def end_epoch(epoch: int, loss: float) -> None:
+        result.losses.append(loss)
+        result.epochs_run += 1
+        save(epoch + 1)
+
+    bar = tqdm(total=(config.epochs - start_epoch) * steps, desc=f"train {model.config.model}", disable=not show)
     # "auto" on a bf16 CPU means "mixed": plain bf16 is the slowest of the three there (docs/training.md)
     keep_depthwise_fp32 = config.precision == "mixed" or (config.precision == "auto" and config.device == "cpu")
     mixed = depthwise_in_fp32(model) if keep_depthwise_fp32 and dtype is not None else None
     with mixed if mixed is not None else contextlib.nullcontext():
-        for epoch in range(start_epoch, config.epochs):
-            model.set_epoch(epoch, config.epochs)
-            model.train()
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
-            epoch_loss = 0.0
-            for step in range(steps):
-                idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-                idx = idx[rank::world]  # each process takes its shard of the same global batch
-                x = (images[idx].float() / 255.0).contiguous(memory_format=torch.channels_last)
-                tg = [t[idx].float() for t in targets] if targets is not None else None
-                with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-                    loss = runner(x, tg)
-                optimizer.zero_grad(set_to_none=True)
-                loss.float().backward()
-                # --- learning-rate schedule hook (anomopt.schedule; warm-up + decay from the recipe) ---
-                apply_lr(optimizer, recipe.lr, epoch * steps + step, (config.schedule_epochs or config.epochs) * steps,
-                         recipe.warmup, recipe.decay, recipe.final_lr)
-                optimizer.step()
-                if not torch.isfinite(loss):
-                    raise ConfigError(f"training diverged at epoch {epoch + 1} (loss {float(loss)}); lower --lr")
-                epoch_loss += float(loss.detach())
-                seen += len(idx) * world
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.4f}")
-            result.losses.append(epoch_loss / steps)
-            result.epochs_run += 1
-            if ckpt is not None and rank == 0:
-                save_checkpoint(
-                    ckpt,
-                    model,
-                    categories,
-                    training={"epoch": epoch + 1, "optimizer": optimizer.state_dict(), "losses": result.losses},
-                    data_split=split,
-                )
+        distill_epochs(
+            optimizer,
+            batch_loss,
+            n,
+            config.batch_size,
+            config.epochs,
+            lambda epoch: torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1000 + epoch)),
+            start_epoch=start_epoch,
+            begin_epoch=begin_epoch,
+            before_update=schedule,
+            end_epoch=end_epoch,
+            bar=bar,
+            show_loss=True,
+            diverged_hint="lower --lr",
+        )
     bar.close()
     model.set_epoch(config.epochs, config.epochs)
     model.to(memory_format=torch.contiguous_format)
-    result.seconds = time.perf_counter() - t0
-    result.images_per_second = seen / max(result.seconds, 1e-9)
-    model.eval()
-    if val_set is not None and len(val_set) > 0:  # type: ignore[arg-type]
-        preds = predict_dataset(torch_scorer(model), val_set, batch_size=config.batch_size)
-        result.normalization = fit_normalization(preds.categories, preds.scores, preds.maps)
-    if ckpt is not None and rank == 0:
-        save_checkpoint(
-            ckpt,
-            model,
-            categories,
-            normalization=result.normalization,
-            training={
-                "epoch": config.epochs,
-                "optimizer": optimizer.state_dict(),
-                "losses": result.losses,
-                "complete": True,
-            },
-            data_split=split,
-        )
-    return result
+    return seen
 
 
 def init_distributed_from_env() -> bool:

@@ -185,7 +185,7 @@ def _bench_checkpoint(
             )
             source = "train"
         om = optimize(model, "cpu", bits, calib=calib, calib_source=source, workdir=work / str(bits), progress=False)
-        onnx_path = Path(om.graph.meta["artifact"]["model"])
+        onnx_path = Path(om.graph.state.artifact["model"])
         if bits == 32:
             rows.append(_ort_row("FP32 ONNX Runtime", onnx_path, size, common, "fp32", baseline=True))
         else:

@@ -7,10 +7,11 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from anomopt.errors import ConfigError
 
-__all__ = ["DefaultsHelpFormatter", "non_category_folders", "require_positive", "warn"]
+__all__ = ["DefaultsHelpFormatter", "flag_pass_options", "non_category_folders", "require_positive", "warn"]
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -40,6 +41,22 @@ def non_category_folders(root: str | os.PathLike[str]) -> list[Path]:
     except OSError:
         return []
     return [p for p in subs if not (p / "train" / "good").is_dir()]
+
+
+def flag_pass_options(
+    pipeline: str | None, target: str, bits: int, variant: str | None, options: dict[str, dict[str, Any]]
+) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """The pipeline a command runs, and the pass options its flags set, kept for the passes it has: a
+    flag such as ``--calib-method`` sets ``calibrate`` or ``modelopt_quantize``, whichever the pipeline
+    runs, and none for a pipeline without calibration (``optimize`` refuses options for absent passes)."""
+    from anomopt.api import resolve_pipeline
+    from anomopt.targets import get_target
+
+    spec = get_target(target)
+    spec.check_bits(bits)
+    resolved = resolve_pipeline(pipeline, spec, bits, variant)
+    present = {p.name for p in resolved.passes}
+    return resolved, {name: opts for name, opts in options.items() if name in present}
 
 
 def warn(message: str) -> None:

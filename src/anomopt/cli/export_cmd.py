@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from anomopt.cli.common import flag_pass_options
 from anomopt.errors import ConfigError
 from anomopt.outputs import prepare_output_dir, work_dir
 
@@ -164,14 +165,15 @@ def _export(args: argparse.Namespace, inputs: tuple[str, ...]) -> int:
     if args.dla_core is not None:
         lower_opts["dla_core"] = args.dla_core
     options["lower"] = lower_opts
+    variant = quantizer_variant(args.quantizer, args.variant, args.pipeline)
+    pipeline, options = flag_pass_options(args.pipeline, args.target, args.bits, variant, options)
     with work_dir("anomopt-export-") as work:
         optimized = optimize(
             args.checkpoint,  # optimize() refuses one without thresholds and re-fits them on the artifact
             target=args.target,
             bits=args.bits,
             calib=calib,
-            passes=args.pipeline,
-            variant=quantizer_variant(args.quantizer, args.variant, args.pipeline),
+            passes=pipeline,
             calib_source=args.calib_source if calib is not None else "noise",
             calib_samples=args.calib_samples,
             pass_options=options,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from anomopt.cli.common import DefaultsHelpFormatter, require_positive
+from anomopt.cli.common import DefaultsHelpFormatter, flag_pass_options, require_positive
 from anomopt.io import write_json_atomic
 from anomopt.outputs import prepare_output_dir, work_dir
 
@@ -104,6 +104,8 @@ def _run(args: argparse.Namespace) -> int:
         tolerance["max_image_auroc_drop"] = args.max_image_auroc_drop
     if args.max_pixel_auroc_drop is not None:
         tolerance["max_pixel_auroc_drop"] = args.max_pixel_auroc_drop
+    variant = quantizer_variant(args.quantizer, args.variant, args.pipeline)
+    pipeline, options = flag_pass_options(args.pipeline, args.target, args.bits, variant, options)
     with work_dir("anomopt-optimize-") as work:  # lowering's files; removed on success and on failure
         om = optimize(
             args.checkpoint,
@@ -112,8 +114,7 @@ def _run(args: argparse.Namespace) -> int:
             calib=calib,
             eval=test,
             tolerance=tolerance or None,
-            passes=args.pipeline,
-            variant=quantizer_variant(args.quantizer, args.variant, args.pipeline),
+            passes=pipeline,
             calib_source=args.calib_source,
             calib_samples=args.calib_samples,
             pass_options=options,

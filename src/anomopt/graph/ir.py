@@ -6,7 +6,9 @@ input and output shapes, and which earlier layer produced each of its inputs (by
 That data flow is what structural passes need (conv -> BatchNorm pairs, channel couplings for pruning),
 and it works on any module tree, including timm's EfficientNet whose "same" padding defeats
 ``torch.fx.symbolic_trace``. The graph keeps the live ``nn.Module``, so it can run, train (QAT) and export.
-``to_exported_program`` gives the ``torch.export`` form for checking and export tooling.
+``to_exported_program`` gives the ``torch.export`` form for checking and export tooling. What passes
+establish about the graph and hand to later passes lives in typed fields (``graph.state``, a
+:class:`~anomopt.graph.state.GraphState`), the properties they provide in ``graph.properties``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from anomopt.graph.state import GraphState
 
 ROLES = ("teacher", "student", "head")
 
@@ -56,7 +60,7 @@ class ModelGraph:
     nodes: list[Node]
     example: torch.Tensor
     properties: set[str] = field(default_factory=set)
-    meta: dict[str, Any] = field(default_factory=dict)
+    state: GraphState = field(default_factory=GraphState)
     runner: Any = None  # set by lowering: an object with .run(images) -> (scores, maps) numpy
 
     def node(self, name: str) -> Node:
@@ -89,10 +93,10 @@ class ModelGraph:
         return s.float().numpy(), m.float().numpy()[:, 0]
 
     def recapture(self) -> ModelGraph:
-        """Re-trace after a structural change, keeping properties and metadata."""
+        """Re-trace after a structural change, keeping properties and state."""
         fresh = capture(self.model, self.example)
         fresh.properties = set(self.properties)
-        fresh.meta = dict(self.meta)
+        fresh.state = copy.copy(self.state)
         fresh.runner = self.runner
         return fresh
 
@@ -103,7 +107,7 @@ class ModelGraph:
             nodes=list(self.nodes),
             example=self.example,
             properties=set(self.properties),
-            meta=copy.deepcopy(self.meta),
+            state=self.state.copy(),
             runner=self.runner,
         )
 
@@ -124,17 +128,6 @@ class ModelGraph:
         """The ``torch.export`` form of the inference path (for inspection and export tooling)."""
         self.model.eval()
         return torch.export.export(self.model, (self.example,))
-
-    def summary(self) -> str:
-        """One line per role: layer and parameter counts."""
-        lines = []
-        for role in ROLES:
-            nodes = self.nodes_with_role(role)
-            convs = sum(n.is_conv for n in nodes)
-            lines.append(
-                f"{role:8s} {len(nodes):4d} layers {convs:4d} conv/linear {self.parameter_count(role):10d} params"
-            )
-        return "\n".join(lines)
 
 
 def role_of(name: str) -> str:

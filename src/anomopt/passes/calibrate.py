@@ -7,14 +7,17 @@ or from noise.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from anomopt.errors import DataError
-from anomopt.graph import ModelGraph
+from anomopt.graph import CalibrationRecord, ModelGraph
 from anomopt.passes.base import Pass, PassContext
 from anomopt.passes.fake_quant import quantized_layers
+from anomopt.passes.options import option
+from anomopt.passes.registry import register_pass
 from anomopt.quant import RangeCollector, compute_range
 
 
@@ -51,12 +54,19 @@ def _collect(
             h.remove()
 
 
+@register_pass
 class Calibrate(Pass):
-    """Set every activation quantizer's range; options ``method``, ``percentile``, ``batch_size``."""
+    """Set every activation quantizer's range from the calibration images."""
 
     name = "calibrate"
     requires = frozenset({"fake_quant"})
     provides = frozenset({"calibrated"})
+
+    @dataclass
+    class Options:
+        method: str = option("max", "range estimator: max | percentile | entropy (KL) | mse")
+        percentile: float = option(99.99, "the percentile kept when method = 'percentile'")
+        batch_size: int = option(8, "images per calibration forward pass")
 
     def run(self, graph: ModelGraph, ctx: PassContext) -> ModelGraph:
         images = ctx.calib_images
@@ -64,9 +74,9 @@ class Calibrate(Pass):
             raise DataError("calibrate: no calibration images (pass calib data, or calib_source='noise')")
         if not torch.isfinite(images).all():
             raise DataError("calibrate: the calibration batch contains NaN or Inf values")
-        method = self.options.get("method", "max")
-        percentile = float(self.options.get("percentile", 99.99))
-        batch = int(self.options.get("batch_size", 8))
+        method = self.options.method
+        percentile = self.options.percentile
+        batch = self.options.batch_size
         layers = quantized_layers(graph)
         quantizers = {name: graph.module(name).input_quantizer for name in layers}
         for q in quantizers.values():
@@ -76,7 +86,7 @@ class Calibrate(Pass):
         phases = 1 if method == "max" else 2
         ctx.log(
             f"calibrate: {method} ranges of {len(layers)} layers from {len(images)} images "
-            f"({ctx.state.get('calib_source', 'given')}), {phases} x {batches} batches"
+            f"({ctx.calib_source}), {phases} x {batches} batches"
         )
         bar = ctx.bar(phases * batches, "calibrate", unit="batch")
         try:
@@ -95,15 +105,11 @@ class Calibrate(Pass):
             lo, hi = compute_range(c, method, q.scheme.bits, q.scheme.symmetric, percentile)
             q.set_range(float(lo), float(hi))
             clipped += int(hi < c.max or lo > c.min)
-        graph.meta["calibration"] = {
-            "method": method,
-            "percentile": percentile if method == "percentile" else None,
-            "samples": int(len(images)),
-            "source": ctx.state.get("calib_source", "given"),
-        }
-        graph.meta["last_pass_notes"] = {
-            "method": method,
-            "samples": int(len(images)),
-            "clipped_layers": clipped,
-        }
+        graph.state.calibration = CalibrationRecord(
+            method=method,
+            percentile=percentile if method == "percentile" else None,
+            samples=int(len(images)),
+            source=ctx.calib_source,
+        )
+        ctx.note(method=method, samples=int(len(images)), clipped_layers=clipped)
         return graph

@@ -10,6 +10,7 @@ still trains (QAT) and exports (QuantizeLinear/DequantizeLinear pairs).
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,8 +18,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from anomopt.errors import ConfigError
-from anomopt.graph import ModelGraph
+from anomopt.graph import ModelGraph, QuantRecord
 from anomopt.passes.base import Pass, PassContext
+from anomopt.passes.options import option
+from anomopt.passes.registry import register_pass
 from anomopt.quant import FakeQuantizer, QuantScheme
 
 SCOPES = {"student": ("student",), "teacher": ("teacher",), "all": ("teacher", "student")}
@@ -51,7 +54,7 @@ def weight_quantizer(conv: nn.Module) -> FakeQuantizer | None:
 
 def quantized_layers(graph: ModelGraph) -> list[str]:
     """Names of the layers carrying fake quantizers."""
-    return list(graph.meta.get("quantized_layers", []))
+    return list(graph.state.quantized_layers)
 
 
 def set_layer_quantized(graph: ModelGraph, name: str, enabled: bool) -> None:
@@ -75,28 +78,40 @@ def recalibrate_weights(graph: ModelGraph) -> None:
         wq.set_range(-bound, bound)
 
 
+@register_pass
 class InsertFakeQuant(Pass):
-    """Insert fake quantizers; options: ``scope`` (student|teacher|all), ``weight_bits`` (8|4),
-    ``act_bits``, ``per_channel``, ``keep_fp`` (list of name patterns)."""
+    """Insert fake quantizers on the weights and inputs of every conv in scope."""
 
     name = "insert_fake_quant"
     provides = frozenset({"fake_quant"})
     preserves = frozenset({"bn_folded", "pruned"})
+
+    @dataclass
+    class Options:
+        scope: str = option("student", "which roles to quantize: student | teacher | all")
+        weight_bits: int | None = option(None, "weight bits, 8 or 4 (default: the pipeline's bits)")
+        act_bits: int | None = option(None, "activation bits, 8 (default: the pipeline's bits)")
+        symmetric_activations: bool | None = option(
+            None, "symmetric activation quantization (default: the target's scheme)"
+        )
+        per_channel: bool = option(True, "per-output-channel weight ranges (else one per tensor)")
+        keep_fp: list[str] = option([], "layer name patterns (fnmatch) left in floating point")
     # The per-channel weight quantizers are live from insertion (their ranges come from the weights); only
     # the activation quantizers wait for `calibrate`. So the drift is measured: it is the weight-only error.
 
     def run(self, graph: ModelGraph, ctx: PassContext) -> ModelGraph:
-        scope = self.options.get("scope", "student")
+        o = self.options
+        scope = o.scope
         if scope not in SCOPES:
             raise ConfigError(f"insert_fake_quant: scope must be one of {', '.join(SCOPES)}, not {scope!r}")
-        weight_bits = int(self.options.get("weight_bits", ctx.bits))
-        act_bits = int(self.options.get("act_bits", ctx.bits))
+        weight_bits = ctx.bits if o.weight_bits is None else o.weight_bits
+        act_bits = ctx.bits if o.act_bits is None else o.act_bits
         if weight_bits not in (4, 8) or act_bits != 8:
             raise ConfigError(f"insert_fake_quant: supports 8-bit activations and 8- or 4-bit weights, "
                               f"not weights {weight_bits} / activations {act_bits}")
-        symmetric_act = bool(self.options.get("symmetric_activations", _target_symmetric(ctx)))
-        per_channel = bool(self.options.get("per_channel", True))
-        keep = list(self.options.get("keep_fp", []))
+        symmetric_act = _target_symmetric(ctx) if o.symmetric_activations is None else o.symmetric_activations
+        per_channel = o.per_channel
+        keep = list(o.keep_fp)
         wscheme = QuantScheme(weight_bits, True, 0 if per_channel else None)
         ascheme = QuantScheme(act_bits, symmetric_act, None)
         layers = []
@@ -114,16 +129,10 @@ class InsertFakeQuant(Pass):
             else:
                 attach_quantizers(module, wscheme, ascheme)
             layers.append(node.name)
-        graph.meta["quantized_layers"] = layers
-        graph.meta["quant"] = {
-            "scope": scope,
-            "weight_bits": weight_bits,
-            "act_bits": act_bits,
-            "symmetric_activations": symmetric_act,
-            "per_channel": per_channel,
-            "keep_fp": keep,
-        }
-        graph.meta["last_pass_notes"] = {"quantized_layers": len(layers)}
+        graph.state.quantized_layers = layers
+        graph.state.quant = QuantRecord(scope=scope, weight_bits=weight_bits, act_bits=act_bits,
+                                        symmetric_activations=symmetric_act, per_channel=per_channel, keep_fp=keep)
+        ctx.note(quantized_layers=len(layers))
         return graph
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from anomopt.graph import ModelGraph
 from anomopt.passes.base import Pass, PassContext
+from anomopt.passes.options import option
+from anomopt.passes.registry import register_pass
 
 
 def _replacement(bn: nn.BatchNorm2d) -> nn.Module:
@@ -25,6 +29,7 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+@register_pass
 class FoldBatchNorm(Pass):
     """Fold every BatchNorm whose only input is a conv with no other consumer (data flow from the graph)."""
 
@@ -32,8 +37,12 @@ class FoldBatchNorm(Pass):
     forbids = frozenset({"fake_quant"})
     provides = frozenset({"bn_folded"})
 
+    @dataclass
+    class Options:
+        roles: list[str] = option(["teacher", "student"], "the roles whose BatchNorms are folded")
+
     def run(self, graph: ModelGraph, ctx: PassContext) -> ModelGraph:
-        roles = set(self.options.get("roles", ["teacher", "student"]))
+        roles = set(self.options.roles)
         folded = 0
         for node in list(graph.nodes):
             if node.role not in roles or "BatchNorm" not in node.op or len(node.inputs) != 1:
@@ -58,5 +67,5 @@ class FoldBatchNorm(Pass):
             _set_submodule(graph.model, node.name, _replacement(bn))
             folded += 1
         fresh = graph.recapture()
-        fresh.meta["last_pass_notes"] = {"folded": folded}
+        ctx.note(folded=folded)
         return fresh

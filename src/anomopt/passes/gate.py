@@ -9,6 +9,7 @@ from anomopt.graph import ModelGraph
 from anomopt.inference import predict_dataset
 from anomopt.metrics import evaluate_predictions
 from anomopt.passes.base import Pass, PassContext
+from anomopt.passes.registry import register_pass
 
 
 def evaluate_graph(
@@ -34,8 +35,10 @@ def evaluate_graph(
     )
 
 
+@register_pass
 class AccuracyGate(Pass):
-    """Options: ``max_image_auroc_drop`` / ``max_pixel_auroc_drop`` in AUROC points."""
+    """Fail the pipeline when AUROC on labelled data falls too far; its limits are the tolerance keys
+    ``max_image_auroc_drop`` / ``max_pixel_auroc_drop`` (AUROC points), per pass or from the pipeline."""
 
     name = "accuracy_gate"
     changes_outputs = False
@@ -45,15 +48,15 @@ class AccuracyGate(Pass):
         if ctx.eval_set is None:
             raise ConfigError("accuracy_gate: no evaluation data; pass eval=... to optimize()")
         tol = ctx.tolerance.merged(self.tolerance_override)
-        before = ctx.state.get("reference_metrics")
+        before = ctx.reference_metrics
         if before is None:
             raise ConfigError("accuracy_gate: the input model's metrics were not measured")
         ctx.log(f"accuracy_gate: evaluating the optimized model on {len(ctx.eval_set)} labelled images")
         after = evaluate_graph(graph, ctx.eval_set, progress=ctx.progress)
         drop_img = 100.0 * (before["mean"]["image_auroc"] - after["mean"]["image_auroc"])
         drop_pix = 100.0 * (before["mean"]["pixel_auroc"] - after["mean"]["pixel_auroc"])
-        graph.meta["metrics_after"] = after
-        graph.meta["last_pass_notes"] = {"image_auroc_drop": drop_img, "pixel_auroc_drop": drop_pix}
+        graph.state.metrics_after = after
+        ctx.note(image_auroc_drop=drop_img, pixel_auroc_drop=drop_pix)
         if drop_img > tol.max_image_auroc_drop:
             raise DriftError(
                 f"accuracy_gate: image AUROC fell {drop_img:.2f} points "

@@ -99,6 +99,7 @@ class PassManager:
         n = len(self.passes)
         for i, p in enumerate(self.passes, 1):
             ctx.log(f"pass {i}/{n} {p.name}: start")
+            ctx.notes = {}
             t0 = time.perf_counter()
             graph = p.run(graph, ctx)
             seconds = time.perf_counter() - t0
@@ -113,11 +114,11 @@ class PassManager:
             else:
                 drift = measure_drift(*_held_outputs(graph, held), *ref)
             ctx.log(f"pass {i}/{n} {p.name}: done in {seconds:.1f}s, " + _drift_text(drift, drift_note, tol))
-            notes = dict(graph.meta.pop("last_pass_notes", {}) or {})
+            notes, ctx.notes = ctx.notes, {}
             report.records.append(
                 PassRecord(
                     name=p.name,
-                    options={k: _jsonable(v) for k, v in p.options.items()},
+                    options={k: _jsonable(v) for k, v in p.given_options.items()},
                     seconds=seconds,
                     drift=drift.to_dict() if drift else None,
                     tolerance={k: v for k, v in asdict(tol).items() if np.isfinite(v)},
@@ -128,7 +129,6 @@ class PassManager:
             )
             if drift is not None:
                 _enforce(p.name, drift, tol)
-        graph.meta["report"] = report
         return graph, report
 
 

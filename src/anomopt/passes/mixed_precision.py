@@ -7,6 +7,8 @@ map and score drift (against the same graph with every quantizer off) are within
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -15,6 +17,8 @@ from anomopt.graph import ModelGraph
 from anomopt.passes.base import Pass, PassContext
 from anomopt.passes.drift import measure_drift
 from anomopt.passes.fake_quant import quantized_layers, set_layer_quantized
+from anomopt.passes.options import option
+from anomopt.passes.registry import register_pass
 
 
 def _outputs(graph: ModelGraph, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -22,11 +26,17 @@ def _outputs(graph: ModelGraph, images: torch.Tensor) -> tuple[np.ndarray, np.nd
     return s.numpy(), m.numpy()
 
 
+@register_pass
 class AutoMixedPrecision(Pass):
-    """Options: ``max_fp_fraction`` (0.25), ``max_score_drift`` / ``max_map_drift`` (targets)."""
+    """Restore the fewest quantized layers to FP needed to meet ``max_score_drift`` / ``max_map_drift``
+    (the tolerance keys, per pass or from the pipeline)."""
 
     name = "auto_mixed_precision"
     requires = frozenset({"calibrated"})
+
+    @dataclass
+    class Options:
+        max_fp_fraction: float = option(0.25, "at most this fraction of the quantized layers goes back to FP")
 
     def run(self, graph: ModelGraph, ctx: PassContext) -> ModelGraph:
         held = ctx.held_images
@@ -54,13 +64,13 @@ class AutoMixedPrecision(Pass):
                 set_layer_quantized(graph, name, False)
                 gains.append((cost(measure_drift(*_outputs(graph, held), *ref)), name))
                 set_layer_quantized(graph, name, True)
-            budget = max(1, int(float(self.options.get("max_fp_fraction", 0.25)) * len(layers)))
+            budget = max(1, int(self.options.max_fp_fraction * len(layers)))
             for _, name in sorted(gains)[:budget]:
                 set_layer_quantized(graph, name, False)
                 kept.append(name)
                 drift = measure_drift(*_outputs(graph, held), *ref)
                 if ok(drift):
                     break
-        graph.meta["kept_fp"] = kept
-        graph.meta["last_pass_notes"] = {"kept_fp": kept, "drift_vs_fp": drift.to_dict()}
+        graph.state.kept_fp = kept
+        ctx.note(kept_fp=kept, drift_vs_fp=drift.to_dict())
         return graph

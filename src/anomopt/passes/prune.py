@@ -39,10 +39,12 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
+from anomopt.distill_loop import finetune_adam
 from anomopt.errors import ConfigError, DataError
-from anomopt.graph import ModelGraph
+from anomopt.graph import ModelGraph, PrunePlan
 from anomopt.graph.ir import ROLES, leaf_modules, role_of
 from anomopt.passes.base import Pass, PassContext
+from anomopt.passes.options import option
 from anomopt.passes.registry import register_pass
 
 EXTERNAL = "<external>"  # a use by code outside any leaf layer (residual add, concat, tap, distance, output)
@@ -528,29 +530,19 @@ def finetune(
     frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in chosen]
     for p in frozen:
         p.requires_grad_(False)
-    optimizer = torch.optim.Adam(params, lr=lr)
-    gen = torch.Generator().manual_seed(seed)
     steps = (len(images) + batch_size - 1) // batch_size
     if bar is None:
         bar = tqdm(total=epochs * steps, desc="prune fine-tune", disable=not progress, leave=False)
-    losses: list[float] = []
+
+    def train_roles(_epoch: int) -> None:
+        model.train()
+        for name, child in model.named_children():
+            if name not in parts:
+                child.eval()  # frozen roles keep their BatchNorm statistics
+
     try:
-        for _ in range(epochs):
-            model.train()
-            for name, child in model.named_children():
-                if name not in parts:
-                    child.eval()  # frozen roles keep their BatchNorm statistics
-            order = torch.randperm(len(images), generator=gen)
-            total = 0.0
-            for s in range(steps):
-                x = images[order[s * batch_size : (s + 1) * batch_size]]
-                loss = model.distillation_loss(x)  # type: ignore[operator]
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach())
-                bar.update(1)
-            losses.append(total / steps)
+        losses = finetune_adam(model.distillation_loss, images, params, epochs, lr, batch_size, seed,  # type: ignore[arg-type]
+                               begin_epoch=train_roles, bar=bar)
     finally:
         bar.close()
         for p in frozen:
@@ -575,44 +567,54 @@ def _traced_role_params(trace: _Trace) -> dict[str, int]:
     return out
 
 
+@register_pass
 class Prune(Pass):
-    """Structured channel pruning of the student guided by the distillation loss, then a short fine-tune.
-
-    Options: ``ratio`` (0.5; 0 to 0.9), ``stage_ratios`` ({dotted name fragment: ratio}), ``round_to``
-    (8), ``finetune_epochs`` (2), ``lr`` (1e-3), ``batch_size`` (8), ``importance_batches`` (4),
-    ``roles`` (["student"]; add "teacher" to prune Uninformed Students' trainable descriptor teacher too;
-    frozen pretrained teachers are never pruned), ``drop_dead`` (True: cut backbone blocks after the last
-    tap), ``drop_training_only`` (False: drop modules only training uses, e.g. US ``backbone``).
-    """
+    """Structured channel pruning of the student guided by the distillation loss, then a short fine-tune."""
 
     name = "prune"
     forbids = frozenset({"fake_quant", "lowered"})
     provides = frozenset({"pruned"})
 
+    @dataclass
+    class Options:
+        ratio: float = option(0.5, "fraction of each prunable group's channels removed (0 to 0.9)")
+        stage_ratios: dict[str, float] = option({}, "{dotted name fragment, e.g. 'blocks.5': ratio} overrides")
+        round_to: int = option(8, "kept channels are rounded up to a multiple of this")
+        finetune_epochs: int = option(2, "distillation fine-tune epochs after the surgery")
+        lr: float = option(1e-3, "Adam learning rate of the fine-tune (constant)")
+        batch_size: int = option(8, "images per step (importance and fine-tune)")
+        importance_batches: int = option(4, "batches of training images for the Taylor importance")
+        roles: list[str] = option(
+            ["student"], "roles to prune; add 'teacher' for US's trainable descriptor teacher (frozen "
+            "pretrained teachers are never pruned)"
+        )
+        drop_dead: bool = option(True, "cut backbone blocks that run after the last tapped feature")
+        drop_training_only: bool = option(False, "drop modules only training uses (e.g. US 'backbone')")
+
     def _options(self) -> dict[str, Any]:
         o = self.options
-        ratio = float(o.get("ratio", 0.5))
-        stage_ratios = {str(k): float(v) for k, v in dict(o.get("stage_ratios", {}) or {}).items()}
+        ratio = o.ratio
+        stage_ratios = dict(o.stage_ratios)
         for key, value in [("ratio", ratio), *stage_ratios.items()]:
             if not 0.0 <= value <= 0.9:
                 raise ConfigError(f"prune: {key} must be between 0 and 0.9, not {value}")
-        round_to = int(o.get("round_to", 8))
+        round_to = o.round_to
         if round_to < 1:
             raise ConfigError(f"prune: round_to must be at least 1, not {round_to}")
-        roles = [str(r) for r in o.get("roles", ["student"])]
+        roles = list(o.roles)
         if unknown := set(roles) - {"student", "teacher"}:
             raise ConfigError(f"prune: roles must be 'student' and/or 'teacher', not {sorted(unknown)}")
         return {
             "ratio": ratio,
             "stage_ratios": stage_ratios,
             "round_to": round_to,
-            "epochs": int(o.get("finetune_epochs", 2)),
-            "lr": float(o.get("lr", 1e-3)),
-            "batch_size": max(1, int(o.get("batch_size", 8))),
-            "importance_batches": max(1, int(o.get("importance_batches", 4))),
+            "epochs": o.finetune_epochs,
+            "lr": o.lr,
+            "batch_size": max(1, o.batch_size),
+            "importance_batches": max(1, o.importance_batches),
             "roles": roles,
-            "drop_dead": bool(o.get("drop_dead", True)),
-            "drop_training_only": bool(o.get("drop_training_only", False)),
+            "drop_dead": o.drop_dead,
+            "drop_training_only": o.drop_training_only,
         }
 
     def run(self, graph: ModelGraph, ctx: PassContext) -> ModelGraph:
@@ -683,25 +685,24 @@ class Prune(Pass):
                 ),
             }
         )
-        earlier = graph.meta.get("prune") or {}  # a second prune pass: its plan holds the final counts
-        fresh.meta["prune"] = {
-            "plan": {**earlier.get("plan", {}), **{g.producer: plan[g.producer] for g in groups}},
-            "dropped_dead": sorted(set(earlier.get("dropped_dead", [])) | set(dead)),
-            "dropped_training_only": sorted(
-                set(earlier.get("dropped_training_only", []))
-                | (set(training_only) if opts["drop_training_only"] else set())
+        earlier = graph.state.prune or PrunePlan()  # a second prune pass: its plan holds the final counts
+        fresh.state.prune = PrunePlan(
+            plan={**earlier.plan, **{g.producer: plan[g.producer] for g in groups}},
+            dropped_dead=sorted(set(earlier.dropped_dead) | set(dead)),
+            dropped_training_only=sorted(
+                set(earlier.dropped_training_only) | (set(training_only) if opts["drop_training_only"] else set())
             ),
-        }
-        fresh.meta["last_pass_notes"] = notes
+        )
+        ctx.note(**notes)
         return fresh
 
 
-def apply_prune_plan(model: nn.Module, meta: dict[str, Any], example: torch.Tensor) -> nn.Module:
-    """Reshape a freshly built model like a pruned one (``graph.meta["prune"]``), so that the pruned
+def apply_prune_plan(model: nn.Module, prune: PrunePlan, example: torch.Tensor) -> nn.Module:
+    """Reshape a freshly built model like a pruned one (``graph.state.prune``), so that the pruned
     model's ``state_dict`` loads into it (weights are placeholders until then)."""
-    if meta.get("dropped_dead"):
+    if prune.dropped_dead:
         drop_dead_blocks(model)
-    plan: dict[str, int] = dict(meta.get("plan", {}))
+    plan: dict[str, int] = dict(prune.plan)
     roles = {role_of(name) for name in plan}
     groups = [g for g in find_channel_groups(model, example, roles or ("student",)) if g.producer in plan]
     missing = set(plan) - {g.producer for g in groups}
@@ -709,9 +710,7 @@ def apply_prune_plan(model: nn.Module, meta: dict[str, Any], example: torch.Tens
         raise ConfigError(f"prune plan names layers with no prunable group here: {sorted(missing)[:3]}")
     keep = {g.producer: torch.arange(plan[g.producer]) for g in groups if plan[g.producer] < g.channels}
     apply_channel_selection(model, groups, keep)
-    for name in meta.get("dropped_training_only", []):
+    for name in prune.dropped_training_only:
         _set_submodule(model, name, DroppedModule(name, 0))
     return model
 
-
-register_pass(Prune)

@@ -67,7 +67,7 @@ def _relative_to_artifact(value: Any, lowered_dir: Path) -> Any:
 
 
 def _lowered_record(optimized_model: Any) -> dict[str, Any] | None:
-    record = optimized_model.graph.meta.get("artifact")
+    record = optimized_model.graph.state.artifact
     if not isinstance(record, dict):
         return None
     if record.get("target") != optimized_model.target.name or record.get("precision") != precision_name(
@@ -77,6 +77,11 @@ def _lowered_record(optimized_model: Any) -> dict[str, Any] | None:
     if not Path(record.get("model", "")).is_file():
         return None
     return record
+
+
+def _record(value: Any) -> Any:
+    """A graph-state record (``to_dict()``) or None, as plain data."""
+    return None if value is None else _jsonable(value.to_dict())
 
 
 def save_artifact(optimized_model: Any, out_dir: Path, overwrite: bool = False, inputs: tuple = ()) -> Path:
@@ -156,10 +161,10 @@ def _save(optimized_model: Any, out_dir: Path) -> Path:
                 "categories": list(optimized_model.categories),
                 "normalization": _jsonable(optimized_model.normalization),
                 # which model the statistics and thresholds were fitted on, on which images, by which policy
-                "normalization_source": _jsonable(graph.meta.get("normalization_source")),
-                "calibration": _jsonable(graph.meta.get("calibration")),
-                "quant": _jsonable(graph.meta.get("quant")) if bits == 8 else None,
-                "kept_fp": list(graph.meta.get("kept_fp", []) or []),
+                "normalization_source": _jsonable(optimized_model.normalization_source),
+                "calibration": _record(graph.state.calibration),
+                "quant": _record(graph.state.quant) if bits == 8 else None,
+                "kept_fp": list(graph.state.kept_fp),
                 "pipeline": optimized_model.pipeline.name,
                 "files": files,
             }

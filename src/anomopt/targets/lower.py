@@ -17,6 +17,7 @@ write the ``torch_trt/`` bundle that torch-tensorrt compiles on the device, see 
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import weakref
 from pathlib import Path
@@ -29,6 +30,8 @@ from anomopt.graph import ModelGraph
 from anomopt.outputs import make_work_dir, signals_deferred
 from anomopt.passes.base import Pass, PassContext
 from anomopt.passes.fake_quant import SCOPES
+from anomopt.passes.options import option
+from anomopt.passes.registry import register_pass
 from anomopt.runtime.predictor import OnnxRunner
 from anomopt.targets.onnx_export import export_onnx
 from anomopt.targets.spec import TargetSpec
@@ -82,9 +85,9 @@ def lower_graph(
     }
     notes: dict[str, Any] = {}
     quantized = bits == 8
-    if quantized and not graph.meta.get("quantized_layers"):
+    if quantized and not graph.state.quantized_layers:
         raise TargetError("INT8 lowering needs the insert_fake_quant and calibrate passes before 'lower'")
-    backend = str((graph.meta.get("quant") or {}).get("backend", "anomopt")) if quantized else "anomopt"
+    backend = graph.state.quant.backend if quantized and graph.state.quant else "anomopt"
     explicit = opts.get("trt_quantization", "explicit") == "explicit"
     if backend == "modelopt" and (target.runtime != "tensorrt" or not explicit):
         raise TargetError(
@@ -141,7 +144,7 @@ def lower_graph(
             if quantized:
                 if calib_images is None:
                     raise TargetError("TensorRT implicit INT8 needs calibration images for the cache")
-                roles = SCOPES.get(str((graph.meta.get("quant") or {}).get("scope", "student")), ("student",))
+                roles = SCOPES.get(graph.state.quant.scope if graph.state.quant else "student", ("student",))
                 ranges = trt.calibration_ranges(
                     out / MODEL_FILE, calib_images, roles=roles, num_bins=int(opts.get("cache_bins", 512))
                 )
@@ -191,11 +194,24 @@ def lower_graph(
     return record
 
 
+@register_pass
 class Lower(Pass):
     """Lower to the target's deployable artifact and route ``graph.predict`` through it."""
 
     name = "lower"
     provides = frozenset({"lowered"})
+
+    @dataclasses.dataclass
+    class Options:
+        backend: str = option("onnx", "onnx | torch_tensorrt (adds the torch-tensorrt bundle; Jetson targets)")
+        trt_quantization: str = option("explicit", "TensorRT INT8: explicit (Q/DQ) | implicit (calibration cache)")
+        use_torch_ranges: bool = option(True, "CPU INT8: conv inputs take the torch quantizers' ranges")
+        float_consumers: bool = option(True, "CPU INT8: float consumers read the unquantized tensor, as in torch")
+        cache_bins: int = option(512, "histogram bins of the TensorRT implicit calibration cache")
+        dla_core: int | None = option(None, "trtexec --useDLACore (Jetson DLA core)")
+        workspace_mib: int = option(1024, "trtexec workspace in MiB")
+        fp16_fallback: bool = option(False, "trtexec --fp16 beside --int8 (FP16 for layers left float)")
+        threads: int | None = option(None, "ONNX Runtime threads of the runner that scores the lowered model")
 
     def run(self, graph: ModelGraph, ctx: PassContext) -> ModelGraph:
         # requires {"calibrated"} at 8 bits only: the bits come with the context, so it is checked here
@@ -213,21 +229,22 @@ class Lower(Pass):
                     out = Path(ctx.workdir) / f"artifact-{ctx.target.name}-{precision_name(ctx.bits)}"
                 else:  # a marked temp folder: removed with the runner, at exit, or by the next run if killed
                     out = scratch = make_work_dir(f"anomopt-{ctx.target.name}-{precision_name(ctx.bits)}-")
-            record = lower_graph(graph, ctx.target, ctx.bits, out, ctx.calib_images, self.options, log=ctx.log)
-            runner = OnnxRunner(record["model"], threads=self.options.get("threads"), description=record["runner"])
+            options = dataclasses.asdict(self.options)
+            record = lower_graph(graph, ctx.target, ctx.bits, out, ctx.calib_images, options, log=ctx.log)
+            runner = OnnxRunner(record["model"], threads=self.options.threads, description=record["runner"])
         except BaseException:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
             raise
         if scratch is not None:
             weakref.finalize(runner, shutil.rmtree, scratch, True)
-        graph.meta["artifact"] = record
+        graph.state.artifact = record
         graph.runner = runner
-        graph.meta["last_pass_notes"] = {
-            "artifact": record["dir"],
-            "precision": record["precision"],
-            "runner": record["runner"],
+        ctx.note(
+            artifact=record["dir"],
+            precision=record["precision"],
+            runner=record["runner"],
             **({"trtexec": " ".join(record["trtexec"])} if "trtexec" in record else {}),
             **record["notes"],
-        }
+        )
         return graph

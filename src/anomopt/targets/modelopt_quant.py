@@ -27,6 +27,7 @@ import copy
 import io
 import os
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import onnx
@@ -34,9 +35,11 @@ import torch
 from torch import nn
 
 from anomopt.errors import ConfigError, DataError, TargetError
-from anomopt.graph import ModelGraph
+from anomopt.graph import CalibrationRecord, ModelGraph, QuantRecord
 from anomopt.passes.base import Pass, PassContext
 from anomopt.passes.fake_quant import SCOPES
+from anomopt.passes.options import option
+from anomopt.passes.registry import register_pass
 
 METHODS = ("max", "entropy", "percentile")
 INSTALL_HINT = "pip install 'anomopt[modelopt]' (nvidia-modelopt>=0.47, requests, huggingface_hub)"
@@ -167,14 +170,22 @@ def quantized_modules(model: nn.Module) -> dict[str, str]:
     return out
 
 
+@register_pass
 class ModeloptQuantize(Pass):
-    """ModelOpt INT8 placement + calibration (TensorRT targets). Options: ``scope`` (student|all),
-    ``method`` (max|entropy|percentile), ``percentile`` (99.99), ``num_bins`` (2048), ``batch_size`` (8)."""
+    """ModelOpt INT8 placement + calibration (TensorRT targets)."""
 
     name = "modelopt_quantize"
     forbids = frozenset({"fake_quant", "modelopt_quant"})
     provides = frozenset({"modelopt_quant", "calibrated"})
     preserves = frozenset({"bn_folded", "pruned"})
+
+    @dataclass
+    class Options:
+        scope: str = option("student", "which roles to quantize: student | all")
+        method: str = option("max", "ModelOpt calibrator: max | entropy | percentile")
+        percentile: float = option(99.99, "the percentile kept when method = 'percentile'")
+        num_bins: int = option(2048, "histogram bins (entropy / percentile)")
+        batch_size: int = option(8, "images per calibration forward pass")
 
     def run(self, graph: ModelGraph, ctx: PassContext) -> ModelGraph:
         target = ctx.target
@@ -185,10 +196,10 @@ class ModeloptQuantize(Pass):
             )
         if ctx.bits != 8:
             raise TargetError(f"modelopt_quantize quantizes to INT8; the pipeline runs at {ctx.bits} bits")
-        scope = str(self.options.get("scope", "student"))
+        scope = self.options.scope
         if scope not in ("student", "all"):
             raise ConfigError(f"modelopt_quantize: scope must be 'student' or 'all', not {scope!r}")
-        method = str(self.options.get("method", "max"))
+        method = self.options.method
         if method not in METHODS:
             raise ConfigError(
                 f"modelopt_quantize: method must be one of {', '.join(METHODS)}, not {method!r} "
@@ -201,7 +212,7 @@ class ModeloptQuantize(Pass):
             raise DataError("modelopt_quantize: the calibration batch contains NaN or Inf values")
         mtq, version = import_modelopt()
         roles = SCOPES[scope]
-        cfg = scoped_int8_config(mtq, roles, method, int(self.options.get("num_bins", 2048)))
+        cfg = scoped_int8_config(mtq, roles, method, self.options.num_bins)
         model = graph.model.eval()
         with contextlib.redirect_stdout(io.StringIO()):  # ModelOpt prints "Inserted N quantizers"
             graph.model = mtq.quantize(model, cfg, forward_loop=None)
@@ -209,31 +220,30 @@ class ModeloptQuantize(Pass):
             graph.model,
             images,
             method,
-            float(self.options.get("percentile", 99.99)),
-            int(self.options.get("batch_size", 8)),
+            self.options.percentile,
+            self.options.batch_size,
         )
         modules = quantized_modules(graph.model)
         types = Counter(modules.values())
-        graph.meta["quantized_layers"] = list(modules)
-        graph.meta["quant"] = {
-            "backend": "modelopt",
-            "modelopt_version": version,
-            "config": "INT8_DEFAULT_CFG",
-            "scope": scope,
-            "weight_bits": 8,
-            "act_bits": 8,
-            "symmetric_activations": True,
-            "per_channel": True,
-            "keep_fp": [],
-        }
-        graph.meta["calibration"] = {
-            "method": method,
-            "backend": "modelopt",
-            "percentile": float(self.options.get("percentile", 99.99)) if method == "percentile" else None,
-            "samples": int(len(images)),
-            "source": ctx.state.get("calib_source", "given"),
-        }
-        graph.meta["last_pass_notes"] = {**notes, "quantized_modules": dict(types), "method": method}
+        graph.state.quantized_layers = list(modules)
+        graph.state.quant = QuantRecord(
+            scope=scope,
+            weight_bits=8,
+            act_bits=8,
+            symmetric_activations=True,
+            per_channel=True,
+            keep_fp=[],
+            backend="modelopt",
+            backend_info={"modelopt_version": version, "config": "INT8_DEFAULT_CFG"},
+        )
+        graph.state.calibration = CalibrationRecord(
+            method=method,
+            percentile=self.options.percentile if method == "percentile" else None,
+            samples=int(len(images)),
+            source=ctx.calib_source,
+            backend="modelopt",
+        )
+        ctx.note(**notes, quantized_modules=dict(types), method=method)
         return graph
 
 

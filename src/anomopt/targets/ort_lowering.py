@@ -3,13 +3,13 @@
 How the artifact is made to compute what the torch fake-quant graph computes:
 
 - Only the layers the torch graph quantizes are quantized: the convs carrying fake quantizers (scope
-  ``student`` by default; ``graph.meta["kept_fp"]`` layers stay FP32), plus the glue ops inside that scope
+  ``student`` by default; ``graph.state.kept_fp`` layers stay FP32), plus the glue ops inside that scope
   that ONNX Runtime needs around them to run integer kernels (``Add``, ``Concat``, ``Resize``, ``MaxPool``,
   and ``Relu``/``Clip``, which ORT folds into the preceding conv's output quantization). Teacher convs
   (when the scope is the student) and every node of the head and the distance computation stay FP32.
 - Conv inputs get exactly the torch quantizers' scale and zero point (``TensorQuantOverrides``), weights
   the same per-channel symmetric int8 grid (``amax / 127``). ORT's own calibration (method mapped from
-  ``graph.meta["calibration"]``) only sets ranges of tensors the torch graph does not quantize but ORT's
+  ``graph.state.calibration``) only sets ranges of tensors the torch graph does not quantize but ORT's
   integer kernels need (conv outputs feeding residual adds, for instance).
 - A float consumer of a quantized tensor (teacher layer, distance, head) is wired back to the float
   tensor, as in torch, where a conv's input quantizer is seen by that conv only.
@@ -272,9 +272,9 @@ def _useful_glue(proto: onnx.ModelProto, convs: set[str], roles: Iterable[str]) 
 
 def onnx_scope_plan(proto: onnx.ModelProto, graph: ModelGraph, conv_map: dict[str, str]) -> dict[str, Any]:
     """Which ONNX nodes to quantize: the torch-quantized convs plus glue ops inside the quantized scope."""
-    quant = graph.meta.get("quant") or {}
-    roles = SCOPES.get(str(quant.get("scope", "student")), ("student",))
-    kept = set(graph.meta.get("kept_fp", []) or [])
+    quant = graph.state.quant
+    roles = SCOPES.get(quant.scope if quant else "student", ("student",))
+    kept = set(graph.state.kept_fp)
     quantized = set(quantized_layers(graph)) - kept
     enabled: set[str] = set()
     for name in quantized:
@@ -482,12 +482,12 @@ def quantize_ort_int8(
     batch_size: int = 8,
 ) -> dict[str, Any]:
     """Quantize the FP32 ONNX at ``fp32_path`` to a QDQ INT8 model at ``out_path``; returns notes."""
-    calibration = graph.meta.get("calibration") or {}
-    method_name = str(calibration.get("method", "max"))
+    calibration = graph.state.calibration
+    method_name = calibration.method if calibration else "max"
     if method_name not in CALIBRATION_METHODS:
         raise TargetError(f"no ONNX Runtime calibrator for method {method_name!r}")
     method = CALIBRATION_METHODS[method_name]
-    percentile = float(calibration.get("percentile") or 99.99)
+    percentile = float((calibration.percentile if calibration else None) or 99.99)
     proto = onnx.load(str(fp32_path))
     plan = onnx_scope_plan(proto, graph, conv_map)
     if not plan["convs_quantized"]:
