@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import recipe_selection as rs  # noqa: E402
+import results_writer as rw  # noqa: E402
 from anomopt.api import optimize  # noqa: E402
 from anomopt.checkpoint import load_checkpoint  # noqa: E402
 from anomopt.data.layout import list_categories  # noqa: E402
@@ -44,7 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", default="fp32,qat,prune")
     p.add_argument("--checkpoint-dir", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--summarize", action="store_true")
+    p.add_argument("--summarize", action="store_true", help="print the table of --out (no runs)")
+    p.add_argument("--part", default=None, help="with --summarize: write it as this part of RESULTS.md's "
+                   "recipe-selection section")
+    rw.add_args(p)
     args = p.parse_args(argv)
     defaults = rs.parse_args([])  # the splits of recipe_selection.py's defaults
     for key in ("image_size", "val_fraction", "max_train_per_category", "max_val_per_category",
@@ -79,7 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     rows: list[dict[str, Any]] = json.loads(out.read_text()) if out.is_file() else []
     if args.summarize:
-        print(summary(rows))
+        if not args.part:
+            print(summary(rows))
+            return 0
+        run = rw.RunInfo.start("benchmarks/repair_check.py", os.environ.get("OMP_NUM_THREADS", "1"))
+        run.notes.append("re-summarizes runs made with the same script (--data, --candidates, --seeds as listed); "
+                         "128 px, torch threads 1, ONNX Runtime 1 thread, niced, 2 cores shared by six jobs")
+        body = ("Test AUROC of each artifact (FP32 = cpu-fp32; QAT = cpu-int8-qat, 2 epochs Adam lr 1e-4 with "
+                "fake quantizers; prune = cpu-int8-prune, 50 % of the student's channels, 2 epochs Adam lr 1e-3, "
+                "teacher + student INT8). Points = artifact - FP32 of the same trained model.\n\n" + summary(rows))
+        rw.publish(args, "recipe-selection", "Training recipes chosen on validation + pasted defects",
+                   "benchmarks/recipe_selection.py", body, run, part=args.part.split(","))
         return 0
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     label, root = rs.dataset_of(args.data)

@@ -572,6 +572,10 @@ def load_json(path: Path, target: float) -> tuple[list[dict[str, Any]], dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--anomalib-worker" in argv:  # anomalib's venv: no anomopt, no results writer, no other options
+        anomalib_worker(Path(argv[argv.index("--anomalib-worker") + 1]))
+        return 0
     args = parse_args(argv)
     if args.anomalib_worker is not None:
         anomalib_worker(args.anomalib_worker)
