@@ -456,6 +456,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     rw.add_args(p)
     p.add_argument("--from-json", type=Path, default=None, help="re-summarize a saved --json run (no training)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 128 px, 2 epochs, few images")
+    p.add_argument("--part", default=None, help="write the run as this part of the section (e.g. the accuracy "
+                   "head-to-head next to the throughput run) instead of replacing the section")
     p.add_argument("--anomalib-worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -589,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         payload = {"rows": rows, "meta": meta, "runs": [asdict(r) for r in runs]}
         _write_atomic(args.json, json.dumps(payload, indent=1))
     rw.publish(args, "train-throughput", "Training throughput and time-to-accuracy, STFPM",
-               "benchmarks/train_throughput.py", md, run_info(meta))
+               "benchmarks/train_throughput.py", md, run_info(meta), part=args.part.split(",") if args.part else None)
     return 0
 
 

@@ -56,10 +56,11 @@ def test_recipe_fields_are_validated(kwargs, match):
         Recipe(**{**base, **kwargs})
 
 
-def test_shipped_recipes_finish_at_a_low_learning_rate_and_config_overrides_them():
-    for name in ("stfpm", "rd"):
-        r = RECIPES[name]
-        assert r.decay in ("cosine", "linear") and r.final_lr <= 0.1 and 0 < r.warmup < 0.5
+def test_shipped_recipes_are_valid_and_config_overrides_their_schedule():
+    for name, r in RECIPES.items():
+        assert Recipe(**{**r.__dict__}) == r, name  # every field passes validation
+        f = [lr_factor(s, 50, r.warmup, r.decay, r.final_lr) for s in range(50)]
+        assert max(f) == pytest.approx(1.0) and f[-1] == pytest.approx(r.final_lr)
     r = resolved_recipe(TrainConfig(warmup=0.0, decay="linear", final_lr=0.5), "stfpm")
     assert (r.warmup, r.decay, r.final_lr) == (0.0, "linear", 0.5)
     with pytest.raises(ConfigError, match="decay"):
