@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                                   passes=str(PASSES / PIPELINES[var]),
                                   tolerance={"max_score_drift": float("inf"), "max_map_drift": float("inf")},
                                   train=pool if var != "fp32" else None, workdir=work, seed=seed, progress=False)
-                    path = (om.graph.meta.get("artifact") or {})["model"]
+                    path = (om.graph.state.artifact or {})["model"]
                     preds = predict_dataset(onnx_scorer(path), test, batch_size=16)
                 m = rs.metrics(preds, None)["mean"]
                 row = {"data": label, "candidate": cand, "seed": seed, "variant": var,
