@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -38,13 +40,14 @@ def test_jitter_scales_with_the_features():
     assert noise.std().item() == pytest.approx(1.5, rel=0.1)
 
 
-def test_options_are_checked_and_come_from_the_recipe():
+def test_options_are_checked_and_come_from_the_recipe(monkeypatch):
     with pytest.raises(ConfigError, match="bottleneck_dropout"):
         _rd(bottleneck_dropout=1.0)
     with pytest.raises(ConfigError, match="feature_jitter"):
         _rd(feature_jitter=-1.0)
+    monkeypatch.setitem(RECIPES, "rd", replace(RECIPES["rd"], options=(("bottleneck_dropout", 0.3),)))
     model = build_model("rd", image_size=64, pretrained=False)
-    for key, value in RECIPES["rd"].options:
-        assert model.config.extra[key] == value
+    assert model.config.extra["bottleneck_dropout"] == 0.3 and model.bottleneck_dropout == 0.3
+    assert build_model("rd", image_size=64, pretrained=False, bottleneck_dropout=0.1).bottleneck_dropout == 0.1
     rebuilt = model_from_config(model.config.to_dict(), pretrained=False)
-    assert rebuilt.config.extra == model.config.extra
+    assert rebuilt.config.extra == model.config.extra and rebuilt.bottleneck_dropout == 0.3
