@@ -42,6 +42,7 @@ from anomopt.bench import (  # noqa: E402
 )
 from anomopt.calibration_data import noise_images  # noqa: E402
 from anomopt.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from anomopt.cost.measure import mac_rate  # noqa: E402
 from anomopt.inference import onnx_scorer, predict_dataset, torch_scorer  # noqa: E402
 from anomopt.metrics import evaluate_predictions  # noqa: E402
 from anomopt.models import build_model  # noqa: E402
@@ -91,6 +92,23 @@ def _model(name: str, args: argparse.Namespace) -> tuple[Any, str]:
     return model, "untrained student(s) + pretrained EfficientNet-Lite0 teacher"
 
 
+floors: dict[str, dict[str, float]] = {}
+fast_notes: dict[str, dict[str, Any]] = {}
+
+
+def _fast_summary(notes: dict[str, Any]) -> str:
+    if not notes:
+        return "no pass notes"
+    est = notes.get("estimate_us", {})
+    layers = notes.get("layers", [])
+    fp = [r for r in layers if r["choice"] == "fp32"]
+    return (f"{len(layers) - len(fp)} of {len(layers)} convs INT8, {len(fp)} FP32 for latency "
+            f"({', '.join(sorted({r['shape'] for r in fp})) or 'none'}), "
+            f"{len(notes.get('fp32_for_accuracy') or [])} FP32 for accuracy; cost-model estimate of the convs + "
+            f"conversions {est.get('chosen', 0) / 1000:.2f} ms vs all-INT8 {est.get('all_int8', 0) / 1000:.2f} ms "
+            f"vs all-FP32 {est.get('all_fp32', 0) / 1000:.2f} ms.")
+
+
 def bench_model(name: str, args: argparse.Namespace, calib: torch.Tensor, work: Path) -> tuple[list[dict], str]:
     """Lower ``name`` three (four) ways and time every variant; returns table rows and the weights note."""
     model, weights = _model(name, args)
@@ -105,6 +123,8 @@ def bench_model(name: str, args: argparse.Namespace, calib: torch.Tensor, work: 
     ]
     if not args.no_scope_all:
         plans.append(("INT8 ORT, teacher too", 8, {"insert_fake_quant": {"scope": "all"}}, None))
+    if not args.no_fast:
+        plans.append(("INT8 ORT, latency-aware (cpu-int8-fast)", 8, None, "fast"))
     if not args.no_prune:
         plans.append(("INT8 ORT, pruned 0.5 + teacher (cpu-int8-prune)", 8, None, "prune"))
     for label, bits, options, variant in plans:
@@ -121,6 +141,10 @@ def bench_model(name: str, args: argparse.Namespace, calib: torch.Tensor, work: 
         )
         onnx_files[label] = Path(om.graph.state.artifact["model"])
         variants[label] = {"backend": "ort", "path": str(onnx_files[label])}
+        if variant == "fast":
+            fast_notes[name] = next(
+                (r.notes for r in om.passes_report.records if r.name == "latency_aware_precision"), {}
+            )
         if bits == 8:
             kernels = om.graph.state.artifact["notes"]["integer_kernels"]["by_role"]
             variants[label]["kernels"] = kernels
@@ -142,10 +166,14 @@ def bench_model(name: str, args: argparse.Namespace, calib: torch.Tensor, work: 
             mean = evaluate_predictions(preds.categories, preds.labels, preds.scores, preds.masks, preds.maps)["mean"]
             spec["auroc"] = f"{mean['image_auroc']:.3f} / {mean['pixel_auroc']:.3f}"
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in variants}
+    rates: list[float] = []
     for _ in range(args.rounds):
+        rates.append(mac_rate("int8", threads=args.threads))  # the int8 MAC roofline, in the same rounds
         for label, spec in variants.items():
             runs[label].append(run_isolated({"backend": spec["backend"], "path": spec["path"], **common}))
     macs = onnx_conv_macs(onnx_files["FP32 ORT"])
+    floor_ms = macs["total"] / (max(rates) * 1e9) * 1000.0
+    floors[name] = {"gmacs_per_s": max(rates), "floor_ms": floor_ms, "gmacs": macs["total"] / 1e9}
     params = onnx_parameters(onnx_files["FP32 ORT"])
     fp32_bytes = onnx_weight_bytes(onnx_files["FP32 ORT"])
     rows = []
@@ -175,6 +203,7 @@ def bench_model(name: str, args: argparse.Namespace, calib: torch.Tensor, work: 
     fp32 = next(r for r in rows if r["variant"] == "FP32 ORT")
     for r in rows:
         r["speedup"] = fp32["p50_ms"] / r["p50_ms"]
+        r["vs_floor"] = r["p50_ms"] / floor_ms
     return rows, weights
 
 
@@ -185,6 +214,7 @@ COLUMNS = [
     ("p90 ms", "p90_ms", "{:.1f}"),
     ("p99 ms", "p99_ms", "{:.1f}"),
     ("vs FP32 ORT (p50)", "speedup", "{:.2f}x"),
+    ("p50 / int8 MAC floor", "vs_floor", "{:.2f}x"),
     ("image / pixel AUROC", "auroc", ""),
     ("batch-8 img/s", "throughput_ips", "{:.1f}"),
     ("peak RSS MiB", "peak_rss_mb", "{:.0f}"),
@@ -224,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-scope-all", action="store_true", help="skip the teacher-quantized INT8 row")
     parser.add_argument("--no-prune", action="store_true", help="skip the cpu-int8-prune row (prunes and "
                         "fine-tunes the student on the calibration images first)")
+    parser.add_argument("--no-fast", action="store_true", help="skip the cpu-int8-fast row (latency-aware "
+                        "precision from the CPU cost model, teacher and student)")
     rw.add_args(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the optimizing here; timing threads are set in each worker
@@ -266,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         "the layers that reach the outputs, from the FP32 ONNX graph; torch eager also runs the backbone "
         "stages after the last tap (timm's features_only forward), which the ONNX export drops.",
         f"- INT8 / FP32 ONNX Runtime speed-up at batch 1, {args.threads} threads (p50): {ratios}.",
+        "- int8 MAC floor (measured in the same rounds: a 1x1 conv 256->256 at 64x64, QDQ U8S8, best round): "
+        + "; ".join(f"{k} {v['gmacs']:.2f} GMAC at {v['gmacs_per_s']:.0f} GMAC/s = {v['floor_ms']:.2f} ms"
+                    for k, v in floors.items()) + ". 'p50 / int8 MAC floor' = a row's p50 over that floor.",
+        *(f"- cpu-int8-fast on {k}: {_fast_summary(v)}" for k, v in fast_notes.items()),
         "",
         table,
         "",

@@ -24,19 +24,40 @@ def evaluate_checkpoint(
     categories: str | list[str] = "all",
     batch_size: int = 8,
     progress: bool = True,
+    engine: str = "onnx",
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Metrics of an FP32 checkpoint (torch), decisions at the checkpoint's own thresholds."""
+    """Metrics of an FP32 checkpoint, decisions at the checkpoint's own thresholds.
+
+    ``engine="onnx"`` (default) runs the checkpoint's FP32 ONNX export in ONNX Runtime (the graph ``lower``
+    ships, equal to torch to float rounding and several times faster on a CPU); ``"torch"`` runs it in torch
+    eager (inference mode). ``threads``: ONNX Runtime intra-op threads (default: torch's thread count).
+    """
+    import tempfile
+
+    import torch
+
     from anomopt.checkpoint import load_checkpoint
     from anomopt.data import load_mvtec
-    from anomopt.inference import predict_dataset, torch_scorer
+    from anomopt.errors import ConfigError
+    from anomopt.inference import onnx_scorer, predict_dataset, torch_scorer
 
+    if engine not in ("onnx", "torch"):
+        raise ConfigError(f"evaluate: engine must be 'onnx' or 'torch', not {engine!r}")
     model, payload = load_checkpoint(checkpoint)
     if categories == "all" and payload.get("categories"):
         categories = list(payload["categories"])
     test = load_mvtec(data_root, categories, split="test", image_size=model.config.image_size)
-    preds = predict_dataset(
-        torch_scorer(model), test, batch_size=batch_size, progress=progress, desc="evaluate"
-    )
+    with tempfile.TemporaryDirectory(prefix="anomopt-evaluate-") as tmp:
+        if engine == "onnx":
+            from anomopt.targets.onnx_export import export_onnx
+
+            exp = export_onnx(model, Path(tmp) / "model_fp32.onnx")
+            scorer = onnx_scorer(str(exp.path), threads=threads or torch.get_num_threads())
+        else:
+            scorer = torch_scorer(model)
+        with torch.inference_mode():
+            preds = predict_dataset(scorer, test, batch_size=batch_size, progress=progress, desc="evaluate")
     result = evaluate_predictions(
         preds.categories,
         preds.labels,

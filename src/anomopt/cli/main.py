@@ -32,6 +32,9 @@ COMMAND_MODULES: dict[str, dict[str, str]] = {
     "anomopt.cli.bench_cmd": {
         "bench": "measure latency, throughput and memory of an artifact folder or a checkpoint",
     },
+    "anomopt.cli.profile_cmd": {
+        "profile": "measure the CPU cost model (per conv shape: FP32 vs INT8 latency, Q/DQ cost) on this machine",
+    },
     "anomopt.cli.predict_cmd": {"predict": "score images with an exported artifact"},
     "anomopt.cli.demo_cmd": {"demo": "run the main job end to end on the embedded synthetic data (offline)"},
 }

@@ -98,7 +98,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--data", required=True, help="data set root in MVTec AD layout (its test split is scored)")
     e.add_argument("--categories", default="all", help="'all' or a comma-separated list")
-    e.add_argument("--threads", type=int, default=None, help="artifact: ONNX Runtime threads")
+    e.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (artifact, or --engine onnx)")
+    e.add_argument("--engine", default="onnx", choices=["onnx", "torch"],
+                   help="checkpoint: run its FP32 ONNX export in ONNX Runtime (fast) or torch eager")
     e.add_argument("--json", default=None, help="write the metrics to this JSON file")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=run_evaluate)
@@ -311,7 +313,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         from anomopt.evaluate import evaluate_checkpoint
 
-        result = evaluate_checkpoint(args.checkpoint, args.data, args.categories, progress=not args.quiet)
+        result = evaluate_checkpoint(args.checkpoint, args.data, args.categories, progress=not args.quiet,
+                                     engine=args.engine, threads=args.threads)
     from anomopt.metrics import format_table
 
     print(format_table(result, title=f"{args.checkpoint}"))

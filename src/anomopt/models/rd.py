@@ -23,7 +23,8 @@ from torch import nn
 
 from anomopt.errors import ConfigError
 from anomopt.models.backbones import feature_channels
-from anomopt.models.base import KDModel, MapHead, ModelConfig, freeze
+from anomopt.models.base import KDModel, ModelConfig, freeze
+from anomopt.models.head import LeanMapHead
 from anomopt.models.layers import conv_bn_relu, upsample_block
 from anomopt.models.teacher import Teacher
 
@@ -91,7 +92,7 @@ class ReverseDistillation(KDModel):
         self.config = config or ModelConfig(model="rd")
         self.teacher = freeze(Teacher(self.config.backbone, pretrained, weights))
         self.student = Student(feature_channels(self.config.backbone))
-        self.head = MapHead(self.config.image_size, combine="sum", blur_sigma=self.config.blur_sigma)
+        self.head = LeanMapHead(self.config.image_size, combine="sum", blur_sigma=self.config.blur_sigma)
         extra = self.config.extra
         self.bottleneck_dropout = float(extra.get("bottleneck_dropout", 0.0))
         self.feature_jitter = float(extra.get("feature_jitter", 0.0))

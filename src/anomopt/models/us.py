@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomopt.models.backbones import feature_channels, get_backbone_config
-from anomopt.models.base import KDModel, MapHead, ModelConfig, freeze
+from anomopt.models.base import KDModel, ModelConfig, freeze
+from anomopt.models.head import LeanMapHead
 from anomopt.models.teacher import Teacher
 
 STRIDE = 4
@@ -270,7 +271,7 @@ class UninformedStudents(KDModel):
         student_bn = bool(extra.get("student_batchnorm", bn))
         self.teacher = DescriptorTeacher(self.patches, descriptor, width, targets, teacher_bn, pad_mode)
         self.student = StudentEnsembles(n_students, self.patches, descriptor, width, student_bn, pad_mode)
-        self.head = MapHead(self.config.image_size, combine="sum", blur_sigma=self.config.blur_sigma)
+        self.head = LeanMapHead(self.config.image_size, combine="sum", blur_sigma=self.config.blur_sigma)
         # Per patch size: mean and std of the regression error and of the predictive variance (training set).
         norm = torch.tensor([[0.0, 1.0, 0.0, 1.0]]).repeat(len(self.patches), 1)
         self.register_buffer("score_norm", norm)

@@ -9,6 +9,7 @@ from anomopt.passes.calibrate import Calibrate
 from anomopt.passes.fake_quant import InsertFakeQuant
 from anomopt.passes.fold_bn import FoldBatchNorm
 from anomopt.passes.gate import AccuracyGate
+from anomopt.passes.latency_precision import LatencyAwarePrecision
 from anomopt.passes.manager import PassManager, PipelineReport
 from anomopt.passes.mixed_precision import AutoMixedPrecision
 from anomopt.passes.options import option
@@ -25,6 +26,7 @@ __all__ = [
     "Calibrate",
     "FoldBatchNorm",
     "InsertFakeQuant",
+    "LatencyAwarePrecision",
     "Pass",
     "PassContext",
     "PassManager",

@@ -21,6 +21,7 @@ BUILTIN_PASSES: dict[str, str] = {
     "insert_fake_quant": "anomopt.passes.fake_quant:InsertFakeQuant",
     "calibrate": "anomopt.passes.calibrate:Calibrate",
     "auto_mixed_precision": "anomopt.passes.mixed_precision:AutoMixedPrecision",
+    "latency_aware_precision": "anomopt.passes.latency_precision:LatencyAwarePrecision",
     "qat_finetune": "anomopt.passes.qat:QATFineTune",
     "accuracy_gate": "anomopt.passes.gate:AccuracyGate",
     "modelopt_quantize": "anomopt.targets.modelopt_quant:ModeloptQuantize",
