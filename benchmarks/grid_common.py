@@ -65,6 +65,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--epochs", type=int, default=15, help="training epochs of STFPM and RD")
     p.add_argument("--us-epochs", type=int, default=4, help="training epochs of Uninformed Students")
+    p.add_argument("--equal-steps", action="store_true",
+                   help="one-class models train (categories) x the epochs: as many optimizer steps as unified")
     p.add_argument("--max-train-per-category", type=int, default=100)
     p.add_argument("--max-test-per-category", type=int, default=100)
     p.add_argument("--calib-images", type=int, default=64)
@@ -95,9 +97,13 @@ def apply_quick(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def epochs_of(model: str, args: argparse.Namespace) -> int:
-    """Training epochs of one model kind."""
-    return int(args.us_epochs if model == "us" else args.epochs)
+def epochs_of(model: str, args: argparse.Namespace, mode: str = "unified", dataset: str | None = None) -> int:
+    """Training epochs of one model kind; with ``--equal-steps`` a one-class model gets (categories of its
+    data set) x the epochs, so it takes as many optimizer steps as the unified model (equal caps)."""
+    base = int(args.us_epochs if model == "us" else args.epochs)
+    if mode == "oneclass" and getattr(args, "equal_steps", False):
+        return base * int(getattr(args, "category_counts", {}).get(dataset, 1))
+    return base
 
 
 def load_now() -> tuple[float, ...]:
@@ -182,7 +188,7 @@ def checkpoint_dir(args: argparse.Namespace) -> Path:
 
 def model_key(dataset: str, model: str, mode: str, category: str, args: argparse.Namespace) -> str:
     """The cache key of one trained model: dataset, model, mode, category, size, epochs, caps, seed."""
-    return (f"{dataset}-{model}-{mode}-{category}-{args.image_size}px-{epochs_of(model, args)}ep-"
+    return (f"{dataset}-{model}-{mode}-{category}-{args.image_size}px-{epochs_of(model, args, mode, dataset)}ep-"
             f"{args.max_train_per_category}pc-s{args.seed}")
 
 
@@ -229,7 +235,7 @@ def _train_or_load(dataset: str, name: str, mode: str, category: str, splits: Sp
                    key: str) -> Trained:
     path = checkpoint_dir(args) / f"{key}.pt"
     info_path = path.with_suffix(".json")
-    epochs = epochs_of(name, args)
+    epochs = epochs_of(name, args, mode, dataset)
     if path.is_file() and read_checkpoint(path).get("training", {}).get("complete") and info_path.is_file():
         model, _ = load_checkpoint(path, expect_model=name)
         info = read_json(info_path, {})
@@ -445,6 +451,7 @@ def mode_rows(store: Measurements, dataset: str, root: Path, model: str, mode: s
               args: argparse.Namespace, cache: dict[str, Splits]) -> list[dict[str, Any]]:
     """The rows of one model in one mode: one per category for one-class, one for unified."""
     cats = categories_of(root)
+    args.category_counts = {**getattr(args, "category_counts", {}), dataset: len(cats)}  # for --equal-steps
     groups = [(c, [c]) for c in cats] if mode == "oneclass" else [("unified", cats)]
     rows = []
     for label, members in groups:

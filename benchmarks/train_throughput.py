@@ -64,7 +64,11 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import results_writer as rw  # noqa: E402
+try:
+    import results_writer as rw
+except ImportError:  # the anomalib worker runs in anomalib's venv, without anomopt; it writes no results
+    if "--anomalib-worker" not in sys.argv:
+        raise
 
 REALDEV = HERE.parent.parent / "shared" / "data" / "realdev"
 ANOMALIB_PYTHON = Path("/tmp/anomalib-venv/bin/python")
@@ -82,6 +86,7 @@ class EpochRecord:
     loss: float
     image_auroc: float
     score_seconds: float
+    per_category: dict[str, float] = field(default_factory=dict)  # image AUROC per category
 
 
 @dataclass
@@ -118,10 +123,18 @@ def anomalib_worker(work: Path) -> None:
         return real_create(*args, **kwargs)
 
     fe_timm.timm.create_model = offline_create
-    model = Stfpm(backbone="tf_efficientnet_lite0", layers=list(ANOMALIB_LAYERS), evaluator=False, visualizer=False)
+    size = int(cfg.get("image_size", 256))  # anomalib resizes to this (its default is 256)
+    model = Stfpm(backbone="tf_efficientnet_lite0", layers=list(ANOMALIB_LAYERS), evaluator=False, visualizer=False,
+                  pre_processor=Stfpm.configure_pre_processor(image_size=(size, size)))
     teacher = torch.load(work / "teacher.pt", map_location="cpu", weights_only=True)
-    model.model.teacher_model.feature_extractor.load_state_dict(teacher, strict=True)
-    transform = model.pre_processor.transform  # anomalib's default: Resize(256) + ImageNet Normalize
+    # anomopt's teacher ends at its last tap (blocks.4); timm's features_only model keeps the blocks after it,
+    # which feed no tapped feature: only those may be missing
+    missing, unexpected = model.model.teacher_model.feature_extractor.load_state_dict(teacher, strict=False)
+    last = max(int(layer.split(".")[1]) for layer in ANOMALIB_LAYERS)
+    untapped = [k for k in missing if not (k.startswith("blocks.") and int(k.split(".")[1]) > last)]
+    if unexpected or untapped:
+        raise RuntimeError(f"teacher weights do not fit anomalib's model: missing {untapped}, unexpected {unexpected}")
+    transform = model.pre_processor.transform  # Resize(image size) + ImageNet Normalize, anomalib's default
     optimizer = model.configure_optimizers()
     train = torch.from_numpy(np.load(work / "train.npy"))
     test = torch.from_numpy(np.load(work / "test.npy"))
@@ -179,7 +192,10 @@ class AnomalibClient:
         for line in self.proc.stdout:
             if line.startswith(MSG):
                 return json.loads(line[len(MSG) :])
-        raise RuntimeError(f"the anomalib worker exited (code {self.proc.wait()}); see {self._log.name}")
+        code = self.proc.wait()
+        self._log.flush()
+        tail = Path(self._log.name).read_text(errors="replace").strip().splitlines()[-8:]
+        raise RuntimeError(f"the anomalib worker exited (code {code}); its log ends:\n" + "\n".join(tail))
 
     def call(self, **cmd: Any) -> dict[str, Any]:
         """Send one command and wait for its answer."""
@@ -226,12 +242,14 @@ def _u8(dataset: Any) -> np.ndarray:
     return (stack_images(dataset) * 255.0).round().to(torch.uint8).numpy()
 
 
-def _auroc(test: Any, scores: np.ndarray) -> float:
+def _auroc(test: Any, scores: np.ndarray) -> tuple[float, dict[str, float]]:
+    """Mean-over-categories image AUROC and the per-category values."""
     from anomopt.metrics import evaluate_predictions
 
     cats = [test.dataset.samples[i].category for i in test.indices]
     labels = test.dataset.labels[test.indices]
-    return float(evaluate_predictions(cats, labels, scores, pixel_metrics=False)["mean"]["image_auroc"])
+    r = evaluate_predictions(cats, labels, scores, pixel_metrics=False)
+    return float(r["mean"]["image_auroc"]), {c: float(e["image_auroc"]) for c, e in r["per_category"].items()}
 
 
 class AnomoptRun:
@@ -256,6 +274,7 @@ class AnomoptRun:
             momentum=self.args.momentum,
             weight_decay=self.args.weight_decay,
             epochs=k,
+            schedule_epochs=self.args.epochs,  # the recipe's lr schedule spans the whole run
             batch_size=self.args.batch_size,
             seed=self.args.seed,
             precision=self.precision,
@@ -372,6 +391,12 @@ def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], runs: list[Met
     if runs:
         lines += ["", "Test image AUROC after each epoch:", ""]
         lines += [f"- {r.name}: " + " ".join(f"{e.image_auroc:.3f}" for e in r.epochs) for r in runs if r.epochs]
+        cats = list(dict.fromkeys(c for r in runs if r.epochs for c in r.epochs[-1].per_category))
+        if cats:  # the accuracy head-to-head: final image AUROC per category, same epochs for every method
+            lines += ["", "Final image AUROC per category (after the last epoch):", "",
+                      "| method | " + " | ".join(cats) + " | mean |", "|---|" + "---:|" * (len(cats) + 1)]
+            lines += [f"| {r.name} | " + " | ".join(f"{r.epochs[-1].per_category.get(c, math.nan):.3f}" for c in cats)
+                      + f" | {r.epochs[-1].image_auroc:.3f} |" for r in runs if r.epochs]
     if meta.get("skipped"):
         lines += ["", f"Skipped: {meta['skipped']}"]
     return "\n".join(lines) + "\n"
@@ -404,7 +429,10 @@ def _optimizer_text(args: argparse.Namespace) -> str:
         "stfpm",
     )
     momentum = f" momentum {r.momentum:g}" if r.optimizer == "sgd" else ""
-    return f"{r.optimizer} lr {r.lr:g}{momentum} weight decay {r.weight_decay:g} (STFPM's recipe unless set)"
+    sched = "" if r.decay == "constant" and r.warmup == 0 else (
+        f", warm-up {r.warmup:g} of the steps then {r.decay} decay to {r.final_lr:g} x lr")
+    return (f"{r.optimizer} lr {r.lr:g}{momentum} weight decay {r.weight_decay:g}{sched} "
+            "(STFPM's recipe unless set)")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -428,6 +456,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     rw.add_args(p)
     p.add_argument("--from-json", type=Path, default=None, help="re-summarize a saved --json run (no training)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 128 px, 2 epochs, few images")
+    p.add_argument("--part", default=None, help="write the run as this part of the section (e.g. the accuracy "
+                   "head-to-head next to the throughput run) instead of replacing the section")
     p.add_argument("--anomalib-worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -465,7 +495,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any],
                 np.save(work / "test.npy", test_u8)
                 teacher = next(iter(runners.values())).model if runners else AnomoptRun("fp32", train, args, work).model
                 torch.save(teacher.teacher.features.state_dict(), work / "teacher.pt")
-                cfg = {"threads": args.threads, "seed": args.seed, "batch_size": args.batch_size}
+                cfg = {"threads": args.threads, "seed": args.seed, "batch_size": args.batch_size,
+                       "image_size": args.image_size}
                 (work / "config.json").write_text(json.dumps(cfg))
                 client = AnomalibClient(args.anomalib_python, work, work / "anomalib-worker.log")
                 runners[m] = client
@@ -486,7 +517,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any],
                         secs, setup, loss = runners[m].epoch(k)
                         t0 = time.perf_counter()
                         scores = runners[m].scores(test)
-                    rec = EpochRecord(k, secs, setup, loss, _auroc(test, scores), time.perf_counter() - t0)
+                    mean_auroc, per_cat = _auroc(test, scores)
+                    rec = EpochRecord(k, secs, setup, loss, mean_auroc, time.perf_counter() - t0, per_cat)
                     runs[m].epochs.append(rec)
                     print(
                         f"epoch {k}/{args.epochs} {m:9s} {len(train) / secs:6.2f} img/s  train {secs:6.1f} s  "
@@ -542,6 +574,10 @@ def load_json(path: Path, target: float) -> tuple[list[dict[str, Any]], dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--anomalib-worker" in argv:  # anomalib's venv: no anomopt, no results writer, no other options
+        anomalib_worker(Path(argv[argv.index("--anomalib-worker") + 1]))
+        return 0
     args = parse_args(argv)
     if args.anomalib_worker is not None:
         anomalib_worker(args.anomalib_worker)
@@ -555,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         payload = {"rows": rows, "meta": meta, "runs": [asdict(r) for r in runs]}
         _write_atomic(args.json, json.dumps(payload, indent=1))
     rw.publish(args, "train-throughput", "Training throughput and time-to-accuracy, STFPM",
-               "benchmarks/train_throughput.py", md, run_info(meta))
+               "benchmarks/train_throughput.py", md, run_info(meta), part=args.part.split(",") if args.part else None)
     return 0
 
 

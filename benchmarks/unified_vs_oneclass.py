@@ -6,6 +6,7 @@ cache), lowered through the cpu-fp32 pipeline and evaluated from the FP32 ONNX a
 test split: image AUROC, pixel AUROC, AUPRO per category, plus training time and parameter counts.
 
     PYTHONPATH=src .venv/bin/python benchmarks/unified_vs_oneclass.py --resume
+    PYTHONPATH=src .venv/bin/python benchmarks/unified_vs_oneclass.py --equal-steps   # one-class: cats x epochs
     PYTHONPATH=src .venv/bin/python benchmarks/unified_vs_oneclass.py --quick --no-write   # smoke run
 """
 
@@ -72,13 +73,14 @@ def cost_table(rows: dict) -> str:
         p = uni[0]["onnx_params"]
         trainable = uni[0]["params"].get("student", 0)
         lines.append([
-            dataset, NAMES[model], str(uni[0]["epochs"]),
+            dataset, NAMES[model], f"{uni[0]['epochs']} / {one[0]['epochs']}",
             f"{len(one)} x", f"{sum(r['train_seconds'] for r in one):.0f}", f"{sum(r['train_images'] for r in one)}",
             f"{uni[0]['train_seconds']:.0f}", f"{uni[0]['train_images']}",
             f"{p['teacher'] / 1e6:.3f}", f"{p['student'] / 1e6:.3f}", f"{trainable / 1e6:.3f}",
             f"{len(one) * p['total'] / 1e6:.3f}", f"{p['total'] / 1e6:.3f}",
         ])
-    head = ["data", "method", "epochs", "one-class models", "one-class train s (sum)", "one-class train images",
+    head = ["data", "method", "epochs unified / one-class", "one-class models", "one-class train s (sum)",
+            "one-class train images",
             "unified train s", "unified train images", "teacher params (M)", "student params (M)",
             "student params in torch (M, incl. blocks past the last tap)", "params to deploy one-class (M)",
             "params to deploy unified (M)"]
@@ -94,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     roots, rows = collect(args)
     extra = ["- one-class: one model per category, trained on that category's normal images; unified: one "
              "model on the pooled, shuffled normal images of all categories; both evaluated per category",
+             "- budget: " + ("equal optimizer steps (--equal-steps: each one-class model trains categories x "
+                             "the epochs)" if args.equal_steps else "equal epochs (a unified model takes "
+                             "categories x the optimizer steps of each one-class model)"),
              gc.span_line([r for group in rows.values() for r in group])]
     head = gc.settings_lines(args, time.perf_counter() - t0, roots, extra)
     gc.rw.publish(args, "unified-vs-oneclass", "Unified vs one-class (paper Table 2 on our data)",

@@ -111,3 +111,18 @@ def test_section_goes_to_its_part_of_results(grid_run: tuple[str, Path, Path]) -
     assert "- command: `PYTHONPATH=src .venv/bin/python benchmarks/paper_grid.py --data" in body
     assert "threads: torch 1, ONNX Runtime 2; load average" in body
     assert "**Table 7:" in body
+
+
+def test_equal_steps_gives_one_class_models_categories_x_the_epochs() -> None:
+    import argparse
+
+    import grid_common as gc
+
+    args = argparse.Namespace(epochs=10, us_epochs=4, image_size=128, max_train_per_category=40, seed=0)
+    args.category_counts = {"synthetic": 5}
+    assert gc.epochs_of("rd", args, "oneclass", "synthetic") == 10  # equal epochs unless asked
+    args.equal_steps = True
+    assert gc.epochs_of("rd", args, "oneclass", "synthetic") == 50
+    assert gc.epochs_of("us", args, "oneclass", "synthetic") == 20
+    assert gc.epochs_of("rd", args, "unified", "synthetic") == 10
+    assert "-50ep-" in gc.model_key("synthetic", "rd", "oneclass", "fabric", args)

@@ -33,6 +33,7 @@ from anomopt.inference import predict_dataset, stack_images, torch_scorer
 from anomopt.models import KDModel
 from anomopt.models.recipes import Recipe, recipe_for
 from anomopt.normalization import fit_normalization
+from anomopt.schedule import apply_lr
 
 
 @dataclass
@@ -46,6 +47,12 @@ class TrainConfig:
     lr: float | None = None
     weight_decay: float | None = None
     momentum: float | None = None  # SGD only
+    # learning-rate schedule (anomopt.schedule); None = the model's recipe
+    warmup: float | None = None  # fraction of the optimizer steps
+    decay: str | None = None  # constant | cosine | linear
+    final_lr: float | None = None  # fraction of lr reached at the last step
+    # epochs the schedule spans (None = epochs): set it when reaching a total in several resumed calls
+    schedule_epochs: int | None = None
     seed: int = 0
     precision: str = "auto"  # auto (mixed on a bf16 CPU, bf16 on CUDA, else fp32) | bf16 | mixed | fp32
     cache_features: bool = True
@@ -123,11 +130,20 @@ def resolved_recipe(config: TrainConfig, model_name: str) -> Recipe:
     chosen = config.optimizer or recipe.optimizer
     if chosen not in ("adam", "sgd"):
         raise ConfigError(f"optimizer must be adam or sgd, not {chosen!r}")
+    if config.lr is not None and not config.lr > 0:
+        raise ConfigError(f"the learning rate must be positive, not {config.lr}")
     if config.optimizer is not None and config.optimizer != recipe.optimizer and config.lr is None:
         raise ConfigError(
             f"optimizer {chosen!r} is not {model_name}'s default ({recipe.optimizer}): give its learning rate too"
         )
-    given = {"lr": config.lr, "weight_decay": config.weight_decay, "momentum": config.momentum}
+    given = {
+        "lr": config.lr,
+        "weight_decay": config.weight_decay,
+        "momentum": config.momentum,
+        "warmup": config.warmup,
+        "decay": config.decay,
+        "final_lr": config.final_lr,
+    }
     return replace(recipe, optimizer=chosen, **{k: v for k, v in given.items() if v is not None})
 
 
@@ -284,6 +300,13 @@ def _train_epochs(
         model.set_epoch(epoch, config.epochs)
         model.train()
 
+    # --- learning-rate schedule hook (anomopt.schedule: warm-up + decay, from the recipe) ---
+    recipe = resolved_recipe(config, model.config.model)
+    total_steps = (config.schedule_epochs or config.epochs) * steps
+
+    def schedule(epoch: int, step: int) -> None:
+        apply_lr(optimizer, recipe.lr, epoch * steps + step, total_steps, recipe.warmup, recipe.decay, recipe.final_lr)
+
     def end_epoch(epoch: int, loss: float) -> None:
         result.losses.append(loss)
         result.epochs_run += 1
@@ -303,6 +326,7 @@ def _train_epochs(
             lambda epoch: torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1000 + epoch)),
             start_epoch=start_epoch,
             begin_epoch=begin_epoch,
+            before_update=schedule,
             end_epoch=end_epoch,
             bar=bar,
             show_loss=True,

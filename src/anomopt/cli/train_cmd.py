@@ -43,6 +43,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's recipe)")
     p.add_argument("--weight-decay", type=float, default=None, help="default: the model's recipe")
     p.add_argument("--momentum", type=float, default=None, help="SGD momentum (default: the recipe's 0.9)")
+    p.add_argument(
+        "--warmup", type=float, default=None, help="fraction of the steps spent warming the lr up (default: recipe)"
+    )
+    p.add_argument(
+        "--decay",
+        choices=["constant", "cosine", "linear"],
+        default=None,
+        help="lr decay after warm-up (default: recipe)",
+    )
+    p.add_argument(
+        "--final-lr", type=float, default=None, help="lr at the last step, as a fraction of --lr (default: recipe)"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument(
         "--precision",
@@ -228,6 +240,9 @@ def _train(args: argparse.Namespace, od: OutputDir | None) -> int:
             lr=args.lr,
             weight_decay=args.weight_decay,
             momentum=args.momentum,
+            warmup=args.warmup,
+            decay=args.decay,
+            final_lr=args.final_lr,
             seed=args.seed,
             precision=args.precision,
             cache_features=not args.no_cache,

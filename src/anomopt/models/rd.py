@@ -2,6 +2,17 @@
 decoder student that reconstructs the encoder's multi-scale features from the compact embedding.
 
 Anomaly map: per scale 1 - cosine similarity, summed over scales; image score = max of the map.
+
+Unified (multi-class) training: one bottleneck for many looks learns to pass anomalies through (an
+"identical shortcut"). Two training-only perturbations of the encoder features that enter the bottleneck,
+so the decoder must restore normal features from a corrupted embedding (options in ``config.extra``):
+
+- ``bottleneck_dropout`` p: element-wise dropout of the bottleneck's input features (the "noisy bottleneck"
+  of Dinomaly, Guo et al. 2025);
+- ``feature_jitter`` a: additive Gaussian noise of std ``a`` x the feature map's RMS (UniAD's feature
+  jittering, You et al. 2022).
+
+The targets stay the clean encoder features; inference (eval mode, the exported graph) is unchanged.
 """
 
 from __future__ import annotations
@@ -10,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anomopt.errors import ConfigError
 from anomopt.models.backbones import feature_channels
 from anomopt.models.base import KDModel, ModelConfig, freeze
 from anomopt.models.head import LeanMapHead
@@ -81,12 +93,33 @@ class ReverseDistillation(KDModel):
         self.teacher = freeze(Teacher(self.config.backbone, pretrained, weights))
         self.student = Student(feature_channels(self.config.backbone))
         self.head = LeanMapHead(self.config.image_size, combine="sum", blur_sigma=self.config.blur_sigma)
+        extra = self.config.extra
+        self.bottleneck_dropout = float(extra.get("bottleneck_dropout", 0.0))
+        self.feature_jitter = float(extra.get("feature_jitter", 0.0))
+        if not 0.0 <= self.bottleneck_dropout < 1.0:
+            raise ConfigError(f"rd option bottleneck_dropout must be in [0, 1), not {self.bottleneck_dropout}")
+        if not self.feature_jitter >= 0.0:
+            raise ConfigError(f"rd option feature_jitter must be >= 0, not {self.feature_jitter}")
 
     def teacher_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.teacher(x)
 
+    def perturb(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The bottleneck's input in training: dropout and / or jitter (unchanged in eval mode)."""
+        if not self.training or (self.bottleneck_dropout == 0.0 and self.feature_jitter == 0.0):
+            return feats
+        out = []
+        for f in feats:
+            if self.feature_jitter > 0.0:
+                rms = f.detach().float().pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
+                f = f + torch.randn_like(f) * (self.feature_jitter * rms).to(f.dtype)
+            if self.bottleneck_dropout > 0.0:
+                f = F.dropout(f, p=self.bottleneck_dropout, training=True)
+            out.append(f)
+        return out
+
     def student_features(self, x: torch.Tensor, teacher_feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        return self.student(teacher_feats)
+        return self.student(self.perturb(teacher_feats))
 
     def distances(self, t: list[torch.Tensor], s: list[torch.Tensor]) -> list[torch.Tensor]:
         return [1.0 - F.cosine_similarity(ti, si, dim=1, eps=1e-6).unsqueeze(1) for ti, si in zip(t, s)]
