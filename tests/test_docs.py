@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -13,9 +15,13 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "pass_authoring.md"
 def test_pass_authoring_example_runs():
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
     assert blocks, "no python example in docs/pass_authoring.md"
-    namespace: dict = {"__name__": "docs_example"}
-    exec(compile(blocks[0], str(DOC), "exec"), namespace)  # noqa: S102 - our own documentation
-    om = namespace["om"]
+    module = types.ModuleType("docs_example")  # run as a module, as a user's script would be
+    sys.modules[module.__name__] = module
+    try:
+        exec(compile(blocks[0], str(DOC), "exec", dont_inherit=True), module.__dict__)  # noqa: S102 - our own docs
+    finally:
+        sys.modules.pop(module.__name__, None)
+    om = module.om
     assert om.report["kept_fp"] == ["student.features.conv_stem"]
     assert [p["name"] for p in om.report["passes"]][-2:] == ["keep_stem_fp", "lower"]
 
