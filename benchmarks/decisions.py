@@ -11,7 +11,7 @@ threshold, and the median z-score of the good test images, next to the FP32 arti
 Acceptance (issue 13): |FR - FR_fp32| <= 2 points and |median z - median z_fp32| <= 0.5 per category.
 
     PYTHONPATH=src nice python benchmarks/decisions.py \\
-        --run /work/models/stfpm-realdev/model.ckpt=../shared/data/realdev --results benchmarks/RESULTS.md
+        --run /work/models/stfpm-realdev/model.ckpt=../shared/data/realdev  # --no-write: print only
 
 Checkpoints trained before anomopt recorded its validation split get it re-derived from the data root
 (``val_fraction`` 0.1, seed 0: ``anomopt train``'s defaults). Test images never calibrate or threshold.
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="training images per category for calibration / QAT / prune fine-tuning (0: all)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(gc.SCRATCH / "decisions"), help="artifacts and decisions.json")
-    p.add_argument("--results", default=None, help="append a section to this RESULTS.md")
+    gc.rw.add_args(p)
     p.add_argument("--reuse", action="store_true", help="reuse rows already in OUT/decisions.json")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
@@ -146,11 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in PIPELINES]
     if unknown:
         p.error(f"unknown pipeline(s) {unknown}; known: {', '.join(PIPELINES)}")
-    load_start, t_start = gc.load_now(), time.perf_counter()
+    run, t_start = gc.rw.RunInfo.start(__file__, args.threads, argv), time.perf_counter()
     wall = lambda: (time.perf_counter() - t_start) / 60  # noqa: E731
     out = Path(args.out)
     store = gc.read_json(out / "decisions.json", {})
-    sections = []
+    sections: list[str] = []
+    labels: list[str] = []
     for item in args.run:
         ckpt_s, _, root_s = item.partition("=")
         ckpt, root = Path(ckpt_s), Path(root_s)
@@ -172,25 +173,22 @@ def main(argv: list[str] | None = None) -> int:
                   f"{rows[name]['mean']['median_z_good']:.2f} ({rows[name]['optimize_s']:.0f} s)", flush=True)
             store[label] = {**store.get(label, {}), **rows}
             gc.write_json(out / "decisions.json", store)
-        sections.append(table(label, rows))
-        print(sections[-1], flush=True)
-    if args.results:
-        text = "\n".join([
-            f"## Decisions at the shipped threshold: every pipeline vs the FP32 artifact ({gc.utc_now()})",
-            "",
-            f"- command: `{gc.command_line()}`",
-            f"- machine: {gc.machine()}; load average at start {gc.fmt_load(load_start)}, at end "
-            f"{gc.fmt_load(gc.load_now())}; {args.threads} thread(s); wall {wall():.1f} min",
-            "- thresholds: re-fitted by optimize() on each lowered artifact (ONNX Runtime; xavier_nx = its QDQ "
-            f"ONNX as stand-in) over the checkpoint's validation normals, policy {args.threshold_policy or 'z:3'}",
-            f"- calibration / QAT / prune fine-tuning: at most {args.max_train_per_category} normal training images "
-            "per category (validation normals excluded); shipped pipeline settings otherwise",
-            "- metrics: test split, evaluated through anomopt.runtime.Predictor (as deployed); FR = good test "
-            "images flagged, escape = anomalous test images passed, F1 and median z of good images at that threshold",
-            "",
-            *sections,
-        ])
-        gc.append_results(args.results, text)
+        labels.append(label)
+        sections += [f"#### {label}", "", table(label, rows), ""]
+        print(sections[-2], flush=True)
+    body = "\n".join([
+        f"- wall time: {wall():.1f} min",
+        "- thresholds: re-fitted by optimize() on each lowered artifact (ONNX Runtime; xavier_nx = its QDQ "
+        f"ONNX as stand-in) over the checkpoint's validation normals, policy {args.threshold_policy or 'z:3'}",
+        f"- calibration / QAT / prune fine-tuning: at most {args.max_train_per_category} normal training images "
+        "per category (validation normals excluded); shipped pipeline settings otherwise",
+        "- metrics: test split, evaluated through anomopt.runtime.Predictor (as deployed); FR = good test "
+        "images flagged, escape = anomalous test images passed, F1 and median z of good images at that threshold",
+        "",
+        *sections,
+    ])
+    gc.rw.publish(args, "decisions", "Decisions at the shipped threshold: every pipeline vs the FP32 artifact",
+                  "benchmarks/decisions.py", body, run, part=labels)
     return 0
 
 

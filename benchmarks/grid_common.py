@@ -16,10 +16,8 @@ Calibration and QAT only ever see normal training images (or noise); test images
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -36,7 +34,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from anomopt.api import optimize
-from anomopt.bench import cpu_info, onnx_parameters, onnx_weight_bytes, time_calls, torch_parameters
+from anomopt.bench import onnx_parameters, onnx_weight_bytes, time_calls, torch_parameters
 from anomopt.checkpoint import load_checkpoint, read_checkpoint
 from anomopt.data import generate_synthetic, load_mvtec
 from anomopt.data.layout import list_categories
@@ -46,6 +44,9 @@ from anomopt.models import build_model
 from anomopt.runtime.predictor import make_session
 from anomopt.targets.onnx_export import INPUT_NAME
 from anomopt.train import TrainConfig, seed_everything, train_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results_writer as rw  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -75,8 +76,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", default=str(SCRATCH))
     p.add_argument("--checkpoint-dir", default=None, help="cache of trained models (default: WORK/checkpoints)")
     p.add_argument("--synthetic-dir", default=str(SCRATCH / "synthetic"))
-    p.add_argument("--results", default=str(HERE / "RESULTS.md"))
-    p.add_argument("--no-append", action="store_true", help="print the tables, do not touch RESULTS.md")
+    rw.add_args(p)
     p.add_argument("--resume", action="store_true",
                    help="reuse the rows in WORK/measurements.json (any grid script's); without it every row "
                    "is measured again (trained checkpoints are always reused)")
@@ -100,30 +100,18 @@ def epochs_of(model: str, args: argparse.Namespace) -> int:
     return int(args.us_epochs if model == "us" else args.epochs)
 
 
-def machine(load: tuple[float, ...] | None = None) -> str:
-    """CPU model and logical core count (and a load average, when given)."""
-    name = cpu_info()["model"]
-    text = f"{name}; {os.cpu_count()} logical CPUs; {platform.platform()}"
-    return text if load is None else f"{text}; load average {fmt_load(load)}"
-
-
 def load_now() -> tuple[float, ...]:
     """The 1/5/15-minute load average."""
-    return os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-
-
-def fmt_load(load: tuple[float, ...]) -> str:
-    return ", ".join(f"{x:.2f}" for x in load)
-
-
-def command_line() -> str:
-    """The command that ran, as one would type it in the repository root."""
-    script = os.path.relpath(sys.argv[0], REPO) if sys.argv else "?"
-    return "PYTHONPATH=src .venv/bin/python " + " ".join(shlex.quote(a) for a in [script, *sys.argv[1:]])
+    return rw.load_average()
 
 
 def utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return rw.utc_now()
+
+
+def threads_text(args: argparse.Namespace) -> str:
+    """The thread counts of a grid run, for the results header."""
+    return f"torch {args.torch_threads}, ONNX Runtime {args.ort_threads}"
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -514,30 +502,15 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def append_results(path: str, text: str) -> None:
-    """Append a section to RESULTS.md in one quick read-modify-write (others append to it too)."""
-    target = Path(path)
-    old = target.read_text(encoding="utf-8") if target.is_file() else "# Benchmark results\n"
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(old.rstrip("\n") + "\n\n" + text.strip("\n") + "\n", encoding="utf-8")
-    os.replace(tmp, target)
-
-
-def header_lines(title: str, args: argparse.Namespace, load_start: tuple[float, ...], wall_s: float,
-                 roots: list[str], extra: list[str]) -> list[str]:
-    """The heading of a RESULTS.md section: command, date, machine, load, data, settings."""
+def settings_lines(args: argparse.Namespace, wall_s: float, roots: list[str], extra: list[str]) -> list[str]:
+    """The settings of a grid section (the writer adds command, date, machine, threads and load)."""
     us_commit = os.popen(f"git -C {shlex.quote(str(REPO))} log -1 --format=%h -- src/anomopt/models/us.py").read()
     return [
-        f"## {title} ({utc_now()})",
-        "",
-        f"- command: `{command_line()}`",
-        f"- machine: {machine()}; load average at start {fmt_load(load_start)}, at end {fmt_load(load_now())}"
-        " (2 cores shared with other engineers' jobs)",
         f"- wall time: {wall_s / 60:.1f} min (models trained earlier are loaded from the cache)",
         f"- data: {', '.join(roots)}; {args.image_size} px; at most {args.max_train_per_category} train / "
         f"{args.max_test_per_category} test images per category; seed {args.seed}",
         f"- training: STFPM / RD {args.epochs} epochs, US {args.us_epochs} epochs "
-        f"(US model at commit {us_commit.strip() or 'n/a'}), torch threads {args.torch_threads}",
+        f"(US model at commit {us_commit.strip() or 'n/a'})",
         f"- calibration: {args.calib_images} images from the normal training split (or noise); never test images;"
         f" QAT {args.qat_epochs} epochs at lr {args.qat_lr:g} on the normal training split",
         "- metrics: mean over categories, computed from the lowered ONNX artifact's outputs (what deploys), "

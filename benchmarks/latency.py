@@ -10,7 +10,8 @@ present) or on random-normal noise. An extra row quantizes the teacher as well (
 Every backend is timed in its own process (so peak RSS is its own), in interleaved rounds (so a load
 change on a shared machine hits every backend alike), batch 1 after warm-up at ``--threads`` threads
 (``torch.set_num_threads`` / ``intra_op_num_threads``), plus batch-8 throughput. Prints a markdown table
-and appends it to ``benchmarks/RESULTS.md`` under a heading with the command, date and machine.
+that replaces the part of the latency section of ``benchmarks/RESULTS.md`` for these models
+(``results_writer.py``: command, date, machine, threads, load).
 
     PYTHONPATH=src .venv/bin/python benchmarks/latency.py [--models stfpm,rd,us] [--threads 2]
 """
@@ -18,9 +19,7 @@ and appends it to ``benchmarks/RESULTS.md`` under a heading with the command, da
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -30,9 +29,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results_writer as rw  # noqa: E402
 from anomopt.api import optimize  # noqa: E402
 from anomopt.bench import (  # noqa: E402
-    cpu_info,
     markdown_table,
     merge_rounds,
     onnx_conv_macs,
@@ -47,7 +47,6 @@ from anomopt.metrics import evaluate_predictions  # noqa: E402
 from anomopt.models import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
 REALDEV = REPO.parent / "shared" / "data" / "realdev"
 
 
@@ -225,11 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-scope-all", action="store_true", help="skip the teacher-quantized INT8 row")
     parser.add_argument("--no-prune", action="store_true", help="skip the cpu-int8-prune row (prunes and "
                         "fine-tunes the student on the calibration images first)")
-    parser.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
+    rw.add_args(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the optimizing here; timing threads are set in each worker
-    info_start = cpu_info()
-    started = dt.datetime.now(dt.timezone.utc)
+    run = rw.RunInfo.start(__file__, f"{args.threads} (torch.set_num_threads / ORT intra_op_num_threads)", argv)
     calib, calib_note = _calibration(args, args.image_size)
     rows: list[dict[str, Any]] = []
     weights_notes: dict[str, str] = {}
@@ -238,7 +236,6 @@ def main(argv: list[str] | None = None) -> int:
             model_rows, weights_notes[name] = bench_model(name, args, calib, Path(tmp))
             rows += model_rows
             print(f"{name}: done", file=sys.stderr)
-    info_end = cpu_info()
     for r in rows:
         r["params_label"] = f"{r['params_m']:.2f} ({r['student_params_m']:.2f})"
         r["macs_label"] = f"{r['gmacs']:.2f} ({r['student_gmacs']:.2f})"
@@ -248,17 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows
         if r["variant"].startswith("INT8")
     )
-    command = "PYTHONPATH=src .venv/bin/python benchmarks/latency.py " + " ".join(
-        shlex.quote(a) for a in (argv or sys.argv[1:])
-    )
-    machine = f"{info_start['model']}, {info_start['logical_cores']} logical cores"
-    load = f"load average {info_start['loadavg']} at the start, {info_end['loadavg']} at the end"
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
     lines = [
-        f"## Latency, CPU: `{command.strip()}`",
-        "",
-        f"- Date: {started:%Y-%m-%d %H:%M} UTC. Machine: {machine}; {load} (a shared box: other jobs ran "
-        "meanwhile, so absolute numbers are noisy; rounds are interleaved so the ratios compare "
-        "like with like).",
         f"- {args.image_size}x{args.image_size}, batch 1 latency after {args.warmup} warm-up runs, "
         f"{args.rounds} interleaved rounds x {args.iters} runs per backend, each backend in its own process; "
         f"{args.threads} threads (torch.set_num_threads / ORT intra_op_num_threads); throughput at batch 8. "
@@ -282,12 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         table,
         "",
     ]
-    section = "\n".join(lines)
-    print(section)
-    if not args.no_write:
-        previous = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n\nOnly measured numbers.\n"
-        RESULTS.write_text(previous.rstrip("\n") + "\n\n" + section)
-        print(f"appended to {RESULTS}", file=sys.stderr)
+    rw.publish(args, "latency", "Latency, CPU", "benchmarks/latency.py", "\n".join(lines), run, part=models,
+               part_title=", ".join(m.upper() for m in models))
     return 0
 
 

@@ -16,11 +16,8 @@ epoch call (setup included; with one thread, CPU time is the work done). Run::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +25,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import results_writer as rw  # noqa: E402
+
 REALDEV = HERE.parent.parent / "shared" / "data" / "realdev"
 
 
@@ -57,7 +57,7 @@ def _build(name: str, size: int, lean: bool):
         backbones.cut_after_last_tap = original
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=REALDEV)
     p.add_argument("--models", default="stfpm")
@@ -68,8 +68,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--precision", default="auto")
-    p.add_argument("--no-write", action="store_true", help="do not append to benchmarks/RESULTS.md")
-    args = p.parse_args()
+    rw.add_args(p)
+    args = p.parse_args(argv)
 
     import torch
 
@@ -80,7 +80,7 @@ def main() -> int:
         print(f"{args.data}: no such data set (realdev lives in ../shared/data/realdev)", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    load = os.getloadavg()[0]
+    run = rw.RunInfo.start(__file__, args.threads, argv)
     train = _subset(load_mvtec(args.data, "all", split="train", image_size=args.image_size), args.train_per_category, 0)
     rows = []
     for name in args.models.split(","):
@@ -106,25 +106,22 @@ def main() -> int:
                          cpu_med["full"], cpu_med["lean"], cpu_med["lean"] / cpu_med["full"]))
             print(f"{name} cache={cache}: full {med['full']:.1f} img/s, lean {med['lean']:.1f} img/s "
                   f"({med['lean'] / med['full']:.2f}x); setup {rows[-1][5]:.2f} s -> {rows[-1][6]:.2f} s", flush=True)
-    cpu = subprocess.run(["sh", "-c", "lscpu | grep 'Model name' | cut -d: -f2"], capture_output=True, text=True)
     lines = [
-        f"\n## Lean feature extractors: training throughput ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC)\n",
-        f"- command: `{' '.join(['benchmarks/lean_backbone.py', *sys.argv[1:]])}`",
         f"- data: {args.data.name}, {len(train)} training images ({args.train_per_category} per category), "
-        f"{args.image_size} px, batch {args.batch_size}, precision {args.precision}, {args.threads} thread(s)",
-        f"- machine: {cpu.stdout.strip() or platform.processor()}, {os.cpu_count()} logical CPUs, load average "
-        f"{load:.2f} at the start (other jobs were running); medians of {args.rounds} interleaved epochs per variant",
-        "- full = timm's block list (earlier versions), lean = cut after the last tap (this version)\n",
+        f"{args.image_size} px, batch {args.batch_size}, precision {args.precision}; medians of {args.rounds} "
+        "interleaved epochs per variant",
+        "- full = timm's block list (earlier versions), lean = cut after the last tap (this version)",
+        "",
         "| model | teacher-feature cache | full images/s | lean images/s | lean / full | setup s full | setup s lean "
         "| full images/CPU-s | lean images/CPU-s | lean / full (CPU) |",
         "|---|---|---|---|---|---|---|---|---|---|",
         *[f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:.2f}x | {r[5]:.2f} | {r[6]:.2f} "
           f"| {r[7]:.1f} | {r[8]:.1f} | {r[9]:.2f}x |" for r in rows],
     ]
-    print("\n".join(lines))
-    if not args.no_write:
-        with open(HERE / "RESULTS.md", "a") as f:
-            f.write("\n".join(lines) + "\n")
+    models = [*dict.fromkeys(r[0] for r in rows)]
+    rw.publish(args, "lean-backbone", "Lean feature extractors: training throughput", "benchmarks/lean_backbone.py",
+               "\n".join(lines), run, part=[f"{m}@{args.image_size}" for m in models],
+               part_title=f"{', '.join(m.upper() for m in models)} at {args.image_size} px")
     return 0
 
 

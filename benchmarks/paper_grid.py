@@ -10,7 +10,7 @@ interleaved in one run. Tables follow the paper's: 2 (one-class vs unified, FP32
 4 (PTQ, random-normal calib), 5 (QAT), 6 (sizes), 7 (latency).
 
     PYTHONPATH=src .venv/bin/python benchmarks/paper_grid.py --data /work/shared/data/realdev --resume
-    PYTHONPATH=src .venv/bin/python benchmarks/paper_grid.py --data DIR --quick --no-append   # smoke run
+    PYTHONPATH=src .venv/bin/python benchmarks/paper_grid.py --data DIR --quick --no-write   # smoke run
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def tables(models: list[str], grid: dict, args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     gc.setup(args)
-    load0, t0 = gc.load_now(), time.perf_counter()
+    run, t0 = gc.rw.RunInfo.start(__file__, gc.threads_text(args), argv), time.perf_counter()
     dataset, root, grid = collect(args)
     models = args.models.split(",")
     text = tables(models, grid, args)
@@ -152,12 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         "- sizes and latency: the unified artifacts; one-class models have the same architecture",
         gc.span_line([r for rows in grid.values() for r in rows]),
     ]
-    head = gc.header_lines(f"Paper grid on {dataset} (Tables 2-7)", args, load0, time.perf_counter() - t0,
-                           [str(root)], extra)
-    section = "\n".join(head) + "\n" + text
-    print(section, flush=True)
-    if not args.no_append:
-        gc.append_results(args.results, section)
+    head = gc.settings_lines(args, time.perf_counter() - t0, [str(root)], extra)
+    gc.rw.publish(args, "paper-grid", "Paper grid (Tables 2-7)", "benchmarks/paper_grid.py",
+                  "\n".join(head) + "\n" + text, run, part=dataset)
     return 0
 
 

@@ -12,8 +12,9 @@ pooled normal images of all categories (unified), then for every prune ratio run
 
 each with its inference parameters, MACs per image, ONNX artifact size, ONNX Runtime latency at batch 1
 (2 intra-op threads, median) and image / pixel AUROC (mean over categories) computed from the artifact's
-own outputs on the test split. Rows go to a markdown table and an accuracy-vs-latency plot, appended to
-``benchmarks/RESULTS.md`` with the command, date and machine.
+own outputs on the test split. Rows go to a markdown table and an accuracy-vs-latency plot; the table
+replaces this data-set list's part of the pruning section of ``benchmarks/RESULTS.md``
+(``results_writer.py``: command, date, machine, threads, load).
 
     PYTHONPATH=src .venv/bin/python benchmarks/pruning.py --image-size 256 --epochs 10
     PYTHONPATH=src .venv/bin/python benchmarks/pruning.py --quick        # a smoke run in a few minutes
@@ -23,13 +24,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 import json
 import os
-import platform
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -43,8 +40,8 @@ import onnxruntime as ort
 import torch
 from torch.utils.data import Dataset
 
+import results_writer as rw  # noqa: E402  (benchmarks/ is on sys.path)
 from anomopt.api import optimize
-from anomopt.bench import cpu_info
 from anomopt.checkpoint import load_checkpoint, read_checkpoint
 from anomopt.data import generate_synthetic, load_mvtec
 from anomopt.graph import capture
@@ -108,10 +105,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--synthetic-dir", default=os.path.join(scratch, "synthetic"))
     p.add_argument("--realdev", default=str(REALDEV))
     p.add_argument("--work-dir", default=os.path.join(scratch, "pruning"))
-    p.add_argument("--results", default=str(HERE / "RESULTS.md"))
+    rw.add_args(p)
     p.add_argument("--plot", default=str(HERE / "pruning.png"))
     p.add_argument("--quick", action="store_true", help="smoke run: 128 px, 1 epoch, 2 ratios, few images")
-    p.add_argument("--no-append", action="store_true", help="print the table, do not touch RESULTS.md")
     p.add_argument("--checkpoint-dir", default=None, help="cache of trained models (default: work dir)")
     p.add_argument("--resume", action="store_true",
                    help="keep the rows in the work dir's rows.json and measure only what is missing")
@@ -124,13 +120,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.max_train_per_category, args.max_test_per_category = 12, 8
         args.calib_images, args.latency_runs, args.latency_rounds = 16, 10, 2
     return args
-
-
-def machine() -> str:
-    """CPU model, core count and load, for the results file."""
-    model = cpu_info()["model"]
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return f"{model}; {os.cpu_count()} logical CPUs; load average at start {load}; {platform.platform()}"
 
 
 def load_splits(name: str, args: argparse.Namespace) -> tuple[Dataset, Dataset, Dataset, str]:
@@ -387,15 +376,11 @@ def bar_lines(rows: list[Row], ratio: float = 0.5) -> list[str]:
     return out
 
 
-def append_results(
-    args: argparse.Namespace, rows: list[Row], roots: list[str], started: str, seconds: float
-) -> None:
-    command = "PYTHONPATH=src .venv/bin/python " + " ".join(shlex.quote(a) for a in sys.argv)
+def write_results(args: argparse.Namespace, rows: list[Row], roots: list[str], run: rw.RunInfo,
+                  seconds: float) -> None:
+    """Print the section and replace this data-set list's part of the pruning section."""
     plot_rel = os.path.relpath(args.plot, Path(args.results).parent)
     text = [
-        f"\n## Pruning: accuracy vs latency ({started})\n",
-        f"- command: `{command}`",
-        f"- machine: {machine()}",
         f"- data: {', '.join(roots)}; unified training on all categories, {args.epochs} epochs, "
         f"{args.image_size} px, at most {args.max_train_per_category} train / {args.max_test_per_category} "
         f"test images per category",
@@ -412,17 +397,18 @@ def append_results(
         *bar_lines(rows),
         "",
         table(rows),
-        f"\n![accuracy vs latency]({plot_rel})\n",
+        f"\n![accuracy vs latency]({plot_rel})",
     ]
-    with open(args.results, "a", encoding="utf-8") as f:
-        f.write("\n".join(text))
+    rw.publish(args, "pruning", "Pruning: accuracy vs latency", "benchmarks/pruning.py", "\n".join(text), run,
+               part=[*dict.fromkeys(r.dataset for r in rows)])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.torch_threads > 0:
         torch.set_num_threads(args.torch_threads)
-    started = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    threads = f"torch {args.torch_threads or torch.get_num_threads()}, ONNX Runtime {args.ort_threads}"
+    run = rw.RunInfo.start(__file__, threads, argv)
     t0 = time.perf_counter()
     rows_file = Path(args.work_dir) / "rows.json"
     rows: list[Row] = []
@@ -444,10 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"measuring latency of {len(rows)} artifacts in {args.latency_rounds} rounds", flush=True)
     measure_latencies(rows, args)
     save_rows(args, rows, roots)
-    print(table(rows))
     plot(rows, Path(args.plot))
-    if not args.no_append:
-        append_results(args, rows, roots, started, time.perf_counter() - t0)
+    write_results(args, rows, roots, run, time.perf_counter() - t0)
     return 0
 
 

@@ -14,7 +14,7 @@ Every number is computed from the lowered ONNX Runtime INT8 (QDQ) artifact's out
 calibration never sees test images.
 
     PYTHONPATH=src .venv/bin/python benchmarks/quantization.py --resume
-    PYTHONPATH=src .venv/bin/python benchmarks/quantization.py --quick --no-append   # smoke run
+    PYTHONPATH=src .venv/bin/python benchmarks/quantization.py --quick --no-write   # smoke run
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def bars(rows: dict) -> tuple[str, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     gc.setup(args)
-    load0, t0 = gc.load_now(), time.perf_counter()
+    run, t0 = gc.rw.RunInfo.start(__file__, gc.threads_text(args), argv), time.perf_counter()
     roots, rows = collect(args)
     bar_text, missed = bars(rows)
     extra = ["- unified models only; PTQ/QAT quantize the student (teacher FP32) unless 'teacher+student'; "
@@ -167,15 +167,12 @@ def main(argv: list[str] | None = None) -> int:
              "ONNX artifact (what deploys)",
              "- 'PTQ best' is picked on the test metrics themselves (an oracle choice, reported as such)",
              gc.span_line([r for group in rows.values() for r in group.values()])]
-    head = gc.header_lines("Quantization: calibration method x data, QAT, scope", args, load0,
-                           time.perf_counter() - t0, roots, extra)
-    section = "\n".join([*head, bar_text, "", summary_table(rows), "", ptq_table(rows, args), "",
-                         size_table(rows)])
-    print(section, flush=True)
+    head = gc.settings_lines(args, time.perf_counter() - t0, roots, extra)
+    body = "\n".join([*head, bar_text, "", summary_table(rows), "", ptq_table(rows, args), "", size_table(rows)])
+    gc.rw.publish(args, "quantization", "Quantization: calibration method x data, QAT, scope",
+                  "benchmarks/quantization.py", body, run)
     if missed:
         print("missed bars:\n  " + "\n  ".join(missed), flush=True)
-    if not args.no_append:
-        gc.append_results(args.results, section)
     return 0
 
 

@@ -65,8 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--torch-threads", type=int, default=1)
     p.add_argument("--ort-threads", type=int, default=1)
     p.add_argument("--work-dir", default=str(gc.SCRATCH / "quantizers"))
-    p.add_argument("--results", default=str(gc.HERE / "RESULTS.md"))
-    p.add_argument("--no-append", action="store_true", help="print the tables, do not touch RESULTS.md")
+    gc.rw.add_args(p)
     p.add_argument("--resume", action="store_true", help="reuse rows in WORK/quantizers.json")
     return p.parse_args(argv)
 
@@ -245,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, args.torch_threads))
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     store = gc.read_json(Path(args.work_dir) / "quantizers.json", {})
-    load_start, t0 = gc.load_now(), time.perf_counter()
+    threads = f"torch {args.torch_threads}, ONNX Runtime {args.ort_threads}"
+    run, t0 = gc.rw.RunInfo.start(__file__, threads, argv), time.perf_counter()
     results: dict[tuple[str, str], dict[str, Any]] = {}
     for model_name in [m.strip() for m in args.models.split(",") if m.strip()]:
         for data in [d.strip() for d in args.data.split(",") if d.strip()]:
@@ -256,12 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         print("nothing measured (no checkpoints found)")
         return 1
     dates = sorted(r["date"] for rows in results.values() for r in rows.values())
-    text = "\n".join([
-        f"## Jetson INT8 quantizers: anomopt vs NVIDIA ModelOpt ({gc.utc_now()})",
-        "",
-        f"- command: `{gc.command_line()}`",
-        f"- machine: {gc.machine()}; load average at start {gc.fmt_load(load_start)}, at end "
-        f"{gc.fmt_load(gc.load_now())}; torch threads {args.torch_threads}, ONNX Runtime threads {args.ort_threads}",
+    body = "\n".join([
         f"- wall time: {(time.perf_counter() - t0) / 60:.1f} min; rows measured {dates[0]} to {dates[-1]} "
         "(--resume reuses rows of earlier runs of the same settings; 'optimize s' is each row's own build time)",
         f"- checkpoints: {args.models_dir}/<model>-<data>/model.ckpt (unified, 128 px); calibration: "
@@ -272,11 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         "of scores / maps vs the FP32 artifact on 16 test images and on 16 normal training images (no labels)",
         "",
         tables(results),
-        "",
     ])
-    print(text)
-    if not args.no_append:
-        gc.append_results(args.results, text)
+    gc.rw.publish(args, "quantizers", "Jetson INT8 quantizers: anomopt vs NVIDIA ModelOpt", "benchmarks/quantizers.py",
+                  body, run, part=[f"{m}-{d}" for m, d in results])
     return 0
 
 

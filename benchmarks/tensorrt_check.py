@@ -43,6 +43,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import results_writer as rw  # noqa: E402
+
 REALDEV = HERE.parent.parent / "shared" / "data" / "realdev"
 MODES = ("int8-explicit", "int8-modelopt", "int8-implicit", "fp16", "torch-trt-fp16", "torch-trt-int8")
 SPEARMAN_MIN = 0.99
@@ -66,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--install", action="store_true", help="pip install tensorrt, torch-tensorrt, nvidia-modelopt")
     p.add_argument("--wheels", default=None, help="with --install: a local wheel folder (--no-index)")
     p.add_argument("--dry-run", action="store_true", help="print the plan; import no TensorRT, need no GPU")
-    p.add_argument("--results", default=None, help="append the table to this markdown file (e.g. RESULTS.md)")
+    rw.add_args(p)
     args = p.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
@@ -448,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     from anomopt.inference import stack_images
 
     gpu = torch.cuda.get_device_name(0)
+    run = rw.RunInfo.start(__file__, f"torch {torch.get_num_threads()} (CPU side); GPU {gpu}", argv)
     size = jobs[0].image_size
     sys.path.insert(0, str(HERE))
     from grid_common import per_category_subset
@@ -458,14 +462,10 @@ def main(argv: list[str] | None = None) -> int:
     labels = np.array([int(test[i]["label"]) for i in range(len(test))])
     rows = [run_job(j, images, labels, args, gpu) for j in jobs]
     text = table(rows)
-    print(text)
     Path(args.work).mkdir(parents=True, exist_ok=True)
     (Path(args.work) / "tensorrt_check.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
-    if args.results:
-        with open(args.results, "a", encoding="utf-8") as f:
-            stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-            f.write(f"\n## TensorRT check on {gpu} (not a Jetson) ({stamp})"
-                    f"\n\n- command: `python {' '.join(sys.argv)}`\n\n{text}\n")
+    rw.publish(args, "tensorrt", "TensorRT check on a GPU (not a Jetson)", "benchmarks/tensorrt_check.py",
+               f"- GPU: {gpu}; work folder {args.work}\n\n{text}", run, part=re.sub(r"[^\w.-]+", "-", gpu).strip("-"))
     ok = all(r.get("build_ok") and r["parity"]["ok"] and (r.get("int8") or {"ok": True})["ok"] for r in rows)
     return 0 if ok else 1
 

@@ -63,6 +63,9 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import results_writer as rw  # noqa: E402
+
 REALDEV = HERE.parent.parent / "shared" / "data" / "realdev"
 ANOMALIB_PYTHON = Path("/tmp/anomalib-venv/bin/python")
 ANOMALIB_LAYERS = ("blocks.1", "blocks.2", "blocks.4")  # timm feature taps 1, 2, 3: anomopt's STFPM taps
@@ -273,9 +276,7 @@ class AnomoptRun:
 
 
 def _machine() -> dict[str, Any]:
-    from anomopt.bench import cpu_info
-
-    return {"cpu": cpu_info()["model"], "cores": os.cpu_count(), "loadavg": [round(v, 2) for v in os.getloadavg()]}
+    return {"cpu": rw.cpu_model(), "cores": os.cpu_count(), "loadavg": [round(v, 2) for v in rw.load_average()]}
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -337,14 +338,11 @@ def _secs(value: float) -> str:
 
 
 def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], runs: list[MethodRun] | None = None) -> str:
-    """The RESULTS.md section (with the per-epoch AUROC curves when ``runs`` is given)."""
+    """The body of the RESULTS.md section (with the per-epoch AUROC curves when ``runs`` is given); the
+    writer adds the command, date, machine and load (:func:`run_info`)."""
     lines = [
-        f"## Training throughput and time-to-accuracy, STFPM: {', '.join(r['method'] for r in rows)} ({meta['date']})",
-        "",
-        f"- command: `{meta['command']}`",
-        f"- machine: {meta['machine_start']['cpu']}; {meta['machine_start']['cores']} logical CPUs; load average "
-        f"at start {meta['machine_start']['loadavg']}, at end {meta['machine_end']['loadavg']}; "
-        f"{meta['platform']}; torch {torch.__version__}; {meta['anomalib']}",
+        f"- methods: {', '.join(r['method'] for r in rows)}; {meta['platform']}; torch {torch.__version__}; "
+        f"{meta['anomalib']}",
         f"- setup: unified STFPM, efficientnet_lite0 / tf_efficientnet_lite0 (same ImageNet weights), "
         f"{meta['image_size']} px, batch {meta['batch_size']}, {meta['threads']} thread, {meta['epochs']} epochs, "
         f"seed {meta['seed']}; data {meta['data']}: {meta['n_train']} training images, {meta['n_test']} test "
@@ -427,7 +425,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=None, help="anomopt runs only")
     p.add_argument("--anomalib-python", type=Path, default=ANOMALIB_PYTHON)
     p.add_argument("--json", type=Path, default=None, help="also write the rows and records here")
-    p.add_argument("--no-write", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    rw.add_args(p)
     p.add_argument("--from-json", type=Path, default=None, help="re-summarize a saved --json run (no training)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 128 px, 2 epochs, few images")
     p.add_argument("--anomalib-worker", type=Path, default=None, help=argparse.SUPPRESS)
@@ -524,6 +522,13 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any],
     return rows, meta, list(runs.values())
 
 
+def run_info(meta: dict[str, Any]) -> rw.RunInfo:
+    """The results header of a run, from its metadata (also of a run re-summarized with --from-json)."""
+    start, end = meta["machine_start"], meta["machine_end"]
+    return rw.RunInfo(meta["command"], meta["date"], start["cpu"], start["cores"], str(meta["threads"]),
+                      tuple(start["loadavg"]), tuple(end["loadavg"]))
+
+
 def load_json(path: Path, target: float) -> tuple[list[dict[str, Any]], dict[str, Any], list[MethodRun]]:
     """Rebuild the records of a saved ``--json`` run and summarize them again."""
     payload = json.loads(path.read_text())
@@ -546,13 +551,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         rows, meta, runs = run(args)
     md = to_markdown(rows, meta, runs)
-    print(md)
     if args.json is not None:
         payload = {"rows": rows, "meta": meta, "runs": [asdict(r) for r in runs]}
         _write_atomic(args.json, json.dumps(payload, indent=1))
-    if not args.no_write:
-        results = HERE / "RESULTS.md"
-        _write_atomic(results, results.read_text().rstrip("\n") + "\n\n" + md)
+    rw.publish(args, "train-throughput", "Training throughput and time-to-accuracy, STFPM",
+               "benchmarks/train_throughput.py", md, run_info(meta))
     return 0
 
 

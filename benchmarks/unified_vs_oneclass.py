@@ -6,7 +6,7 @@ cache), lowered through the cpu-fp32 pipeline and evaluated from the FP32 ONNX a
 test split: image AUROC, pixel AUROC, AUPRO per category, plus training time and parameter counts.
 
     PYTHONPATH=src .venv/bin/python benchmarks/unified_vs_oneclass.py --resume
-    PYTHONPATH=src .venv/bin/python benchmarks/unified_vs_oneclass.py --quick --no-append   # smoke run
+    PYTHONPATH=src .venv/bin/python benchmarks/unified_vs_oneclass.py --quick --no-write   # smoke run
 """
 
 from __future__ import annotations
@@ -90,17 +90,15 @@ def cost_table(rows: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     gc.setup(args)
-    load0, t0 = gc.load_now(), time.perf_counter()
+    run, t0 = gc.rw.RunInfo.start(__file__, gc.threads_text(args), argv), time.perf_counter()
     roots, rows = collect(args)
     extra = ["- one-class: one model per category, trained on that category's normal images; unified: one "
              "model on the pooled, shuffled normal images of all categories; both evaluated per category",
              gc.span_line([r for group in rows.values() for r in group])]
-    head = gc.header_lines("Unified vs one-class (paper Table 2 on our data)", args, load0,
-                           time.perf_counter() - t0, roots, extra)
-    section = "\n".join(head) + "\n" + per_category_table(rows) + "\n\n" + cost_table(rows)
-    print(section, flush=True)
-    if not args.no_append:
-        gc.append_results(args.results, section)
+    head = gc.settings_lines(args, time.perf_counter() - t0, roots, extra)
+    gc.rw.publish(args, "unified-vs-oneclass", "Unified vs one-class (paper Table 2 on our data)",
+                  "benchmarks/unified_vs_oneclass.py",
+                  "\n".join(head) + "\n" + per_category_table(rows) + "\n\n" + cost_table(rows), run)
     return 0
 
 

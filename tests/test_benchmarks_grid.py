@@ -36,7 +36,8 @@ def grid_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]
     tmp = tmp_path_factory.mktemp("grid")
     data = generate_synthetic(tmp / "data", categories=2, n_train=8, n_test=6, image_size=64, seed=0, progress=False)
     work = tmp / "work"
-    argv = ["--data", str(data), "--quick", "--models", "stfpm", "--work-dir", str(work), "--no-append"]
+    argv = ["--data", str(data), "--quick", "--models", "stfpm", "--work-dir", str(work),
+            "--results", str(tmp / "RESULTS.md")]
     capture = tmp / "out.txt"
     stdout = sys.stdout
     with capture.open("w") as f:
@@ -86,9 +87,27 @@ def test_rows_come_from_real_artifacts(grid_run: tuple[str, Path, Path]) -> None
 
 def test_resume_reuses_rows(grid_run: tuple[str, Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     text, work, data = grid_run
-    argv = ["--data", str(data), "--quick", "--models", "stfpm", "--work-dir", str(work), "--no-append",
+    argv = ["--data", str(data), "--quick", "--models", "stfpm", "--work-dir", str(work), "--no-write",
             "--resume"]
     assert paper_grid.main(argv) == 0
     again = capsys.readouterr().out
     assert "optimize)" not in again  # nothing rebuilt
     assert _table(again, "Table 3") == _table(text, "Table 3")
+
+
+def test_section_goes_to_its_part_of_results(grid_run: tuple[str, Path, Path]) -> None:
+    """The run replaced (here: created) the data set's part of the paper-grid section, with the shared
+    header; the --no-write rerun above left the file alone."""
+    import results_writer as rw
+
+    _, work, data = grid_run
+    results = work.parent / "RESULTS.md"
+    text = results.read_text()
+    (section,) = rw.sections(text)
+    assert section.key == "paper-grid" and section.script == "benchmarks/paper_grid.py"
+    (part,) = rw.parts(text, section)
+    assert part.key == data.name
+    body = text[part.start:part.end]
+    assert "- command: `PYTHONPATH=src .venv/bin/python benchmarks/paper_grid.py --data" in body
+    assert "threads: torch 1, ONNX Runtime 2; load average" in body
+    assert "**Table 7:" in body

@@ -152,3 +152,8 @@ def test_benchmark_end_to_end_skips_anomalib_cleanly(tmp_path, capsys):
     assert again == rows and runs2 == runs and "--from-json run.json" in meta2["command"]
     md = b.to_markdown(again, meta2, runs2)
     assert f"- fp32: {runs[0].epochs[0].image_auroc:.3f} {runs[0].epochs[1].image_auroc:.3f}" in md
+    results = tmp_path / "RESULTS.md"  # the --from-json path writes its section with the run's own header
+    assert b.main(["--from-json", str(saved), "--results", str(results)]) == 0
+    section = results.read_text()
+    assert "<!-- section: train-throughput script: benchmarks/train_throughput.py -->" in section
+    assert f"- run: {meta['date']}; {meta['machine_start']['cpu']}" in section and md in section
