@@ -283,3 +283,25 @@ def test_pixel_metrics_need_no_masks_torch_dataset(tmp_path):
     test = load_mvtec(root, CAT, split="test", image_size=32)
     assert [it["has_mask"] for it in test] == [it["label"] == 0 for it in test]
     assert torch.stack([it["mask"] for it in test]).sum() == 0
+
+
+def test_decisions_benchmark_reports_the_threshold_noise_band(trained, tmp_path):
+    """benchmarks/decisions.py: every artifact gets a bootstrap band of false-reject rates, and each
+    pipeline's row says whether its FR lies inside the FP32 artifact's band."""
+    import importlib.util
+
+    ckpt, root, _ = trained
+    script = Path(__file__).parents[1] / "benchmarks" / "decisions.py"
+    spec = importlib.util.spec_from_file_location("decisions_bench", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = tmp_path / "RESULTS.md"
+    assert bench.main(["--run", f"{ckpt}={root}", "--pipelines", "cpu-int8", "--out", str(tmp_path / "out"),
+                       "--results", str(results), "--calib-samples", "16"]) == 0
+    rows = json.loads((tmp_path / "out" / "decisions.json").read_text())[ckpt.parent.name]
+    for name in ("cpu-fp32", "cpu-int8"):
+        lo, mid, hi = rows[name]["fr_band"][CAT]
+        assert 0.0 <= lo <= mid <= hi <= 1.0
+    text = results.read_text()
+    assert "FR % band from threshold noise" in text and "FP32's)" in text
+    assert "FR inside the FP32 artifact's threshold-noise band in" in text
