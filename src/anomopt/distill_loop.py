@@ -57,7 +57,8 @@ def distill_epochs(
                 before_update(epoch, step)
             optimizer.step()
             if diverged_hint is not None and not torch.isfinite(loss):
-                raise ConfigError(f"training diverged at epoch {epoch + 1} (loss {float(loss)}); {diverged_hint}")
+                value = float(loss.detach())
+                raise ConfigError(f"training diverged at epoch {epoch + 1} (loss {value}); {diverged_hint}")
             total += float(loss.detach())
             if bar is not None:
                 bar.update(1)
