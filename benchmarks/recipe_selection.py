@@ -86,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=False, help="JSON file of rows (appended to; done rows are skipped)")
     p.add_argument("--checkpoint-dir", default=None, help="keep each trained model here")
     p.add_argument("--summarize", default=None, help="comma list of JSON files: print their tables (no training)")
-    p.add_argument("--part", default=None, help="with --summarize: write the tables as this part of RESULTS.md")
+    p.add_argument("--part", default=None, help="with --summarize: write the tables as this part of the results file")
     rw.add_args(p)
     return p.parse_args(argv)
 
