@@ -12,7 +12,7 @@ modes see the same number of optimizer steps.
     PYTHONPATH=src .venv/bin/python benchmarks/recipe_selection.py --data synthetic=/work/models2/synth \
         --candidates stfpm-constant,stfpm-cosine --seeds 0,1,2 --out /tmp/sel.json
     PYTHONPATH=src .venv/bin/python benchmarks/recipe_selection.py --summarize /tmp/sel.json,/tmp/rd.json \
-        --part stfpm,rd      # prints the tables and replaces that part of RESULTS.md's recipe-selection section
+        --part stfpm,rd      # prints the tables and replaces that part of the recipe-selection section of RESULTS.md
 """
 
 from __future__ import annotations

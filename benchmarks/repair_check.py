@@ -46,8 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-dir", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--summarize", action="store_true", help="print the table of --out (no runs)")
-    p.add_argument("--part", default=None, help="with --summarize: write it as this part of RESULTS.md's "
-                   "recipe-selection section")
+    p.add_argument("--part", default=None, help="with --summarize: write it as this part of the "
+                   "recipe-selection section of the results file")
     rw.add_args(p)
     args = p.parse_args(argv)
     defaults = rs.parse_args([])  # the splits of recipe_selection.py's defaults
