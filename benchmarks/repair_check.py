@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         body = ("Test AUROC of each artifact (FP32 = cpu-fp32; QAT = cpu-int8-qat, 2 epochs Adam lr 1e-4 with "
                 "fake quantizers; prune = cpu-int8-prune, 50 % of the student's channels, 2 epochs Adam lr 1e-3, "
                 "teacher + student INT8). Points = artifact - FP32 of the same trained model.\n\n" + summary(rows))
-        rw.publish(args, "recipe-selection", "Training recipes chosen on validation + pasted defects",
-                   "benchmarks/recipe_selection.py", body, run, part=args.part.split(","))
+        title = "QAT and pruning repair check: each artifact vs the FP32 model of the same recipe"
+        rw.publish(args, "repair-check", title, "benchmarks/repair_check.py", body, run, part=args.part.split(","))
         return 0
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     label, root = rs.dataset_of(args.data)
