@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch.utils.data import Subset  # noqa: E402
 
+import grid_common as gc  # noqa: E402
 import results_writer as rw  # noqa: E402
 from anomopt.data import load_mvtec  # noqa: E402
 from anomopt.data.layout import list_categories  # noqa: E402
@@ -91,19 +91,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def capped(ds: Any, limit: int, seed: int) -> Any:
-    """At most ``limit`` items per category, drawn at random."""
-    cats = [s.category for s in ds.samples]
-    rng = np.random.default_rng(seed)
-    keep: list[int] = []
-    for cat in dict.fromkeys(cats):
-        idx = [i for i, c in enumerate(cats) if c == cat]
-        if len(idx) > limit:
-            idx = sorted(rng.choice(idx, size=limit, replace=False).tolist())
-        keep += idx
-    return Subset(ds, keep)
-
-
 def dataset_of(spec: str) -> tuple[str, Path]:
     label, _, folder = spec.partition("=")
     return (label, Path(folder)) if folder else (label, REALDEV if label == "realdev" else Path(label))
@@ -111,9 +98,10 @@ def dataset_of(spec: str) -> tuple[str, Path]:
 
 def splits(root: Path, categories: list[str], args: argparse.Namespace) -> tuple[Any, Any, Any]:
     kw = {"image_size": args.image_size, "val_fraction": args.val_fraction, "seed": args.split_seed}
-    train = capped(load_mvtec(root, categories, "train", **kw), args.max_train_per_category, args.split_seed)
-    val = capped(load_mvtec(root, categories, "val", **kw), args.max_val_per_category, args.split_seed)
-    test = capped(load_mvtec(root, categories, "test", **kw), args.max_test_per_category, args.split_seed + 1)
+    cap = gc.per_category_subset
+    train = cap(load_mvtec(root, categories, "train", **kw), args.max_train_per_category, args.split_seed)
+    val = cap(load_mvtec(root, categories, "val", **kw), args.max_val_per_category, args.split_seed)
+    test = cap(load_mvtec(root, categories, "test", **kw), args.max_test_per_category, args.split_seed + 1)
     return train, val, test
 
 
@@ -254,9 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{v['pixel_auroc']:.3f} | test image {t['image_auroc']:.3f} pixel {t['pixel_auroc']:.3f} "
                   f"({row['train_seconds']:.0f}s)", flush=True)
             if out:
-                tmp = out.with_name(f".{out.name}.tmp")
-                tmp.write_text(json.dumps(rows, indent=1))
-                os.replace(tmp, out)
+                gc.write_json(out, rows)
     print(summary(rows))
     return 0
 

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
+import grid_common as gc  # noqa: E402
 import recipe_selection as rs  # noqa: E402
 import results_writer as rw  # noqa: E402
 from anomopt.api import optimize  # noqa: E402
@@ -123,9 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print(f"[{label}] {cand} s{seed} {var}: image {m['image_auroc']:.3f} pixel {m['pixel_auroc']:.3f} "
                       f"({row['seconds']:.0f}s)", flush=True)
-                tmp = out.with_name(f".{out.name}.tmp")
-                tmp.write_text(json.dumps(rows, indent=1))
-                os.replace(tmp, out)
+                gc.write_json(out, rows)
     print(summary(rows))
     return 0
 
