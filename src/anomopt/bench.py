@@ -204,13 +204,20 @@ def measure_ort(
     xb = rng.random((batch, 3, image_size, image_size), dtype=np.float32)
     lat = time_calls(lambda: session.run(None, {name: x1}), warmup, iters, max_seconds)
     tb = time_calls(lambda: session.run(None, {name: xb}), max(1, warmup // 4), batch_iters, max_seconds, 2)
+    return _timing_record("onnxruntime", threads, spin, lat, tb, batch)
+
+
+def _timing_record(
+    backend: str, threads: int, spin: bool, lat: Sequence[float], batch_times: Sequence[float], batch: int
+) -> dict[str, Any]:
+    """One measurement: batch-1 latency statistics, batch throughput and peak RSS."""
     return {
-        "backend": "onnxruntime",
+        "backend": backend,
         "threads": threads,
         "spin": spin,
         **latency_stats(lat),
         "times_ms": [round(float(t), 4) for t in lat],
-        "throughput_ips": float(batch * 1000.0 / np.median(tb)),
+        "throughput_ips": float(batch * 1000.0 / np.median(batch_times)),
         "batch": batch,
         "peak_rss_mb": peak_rss_mb(),
     }
@@ -239,16 +246,7 @@ def measure_torch(
     with torch.inference_mode():
         lat = time_calls(lambda: model(x1), warmup, iters, max_seconds)
         tb = time_calls(lambda: model(xb), max(1, warmup // 4), batch_iters, max_seconds, 2)
-    return {
-        "backend": "torch-eager",
-        "threads": threads,
-        "spin": spin,
-        **latency_stats(lat),
-        "times_ms": [round(float(t), 4) for t in lat],
-        "throughput_ips": float(batch * 1000.0 / np.median(tb)),
-        "batch": batch,
-        "peak_rss_mb": peak_rss_mb(),
-    }
+    return _timing_record("torch-eager", threads, spin, lat, tb, batch)
 
 
 def measure_tensorrt(
