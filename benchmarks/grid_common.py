@@ -136,6 +136,18 @@ def per_category_subset(ds: Dataset, limit: int, seed: int) -> Dataset:
     return ds if len(keep) == len(cats) else Subset(ds, keep)
 
 
+def grid_cells(args: argparse.Namespace) -> tuple[list[str], list[tuple[str, Path, str, dict[str, Splits]]]]:
+    """The data set roots of ``--datasets`` and one ``(dataset, root, model, splits)`` cell per data set x
+    ``--models`` entry; the cells of one data set share its ``splits`` cache."""
+    roots, cells = [], []
+    for name in args.datasets.split(","):
+        dataset, root = dataset_root(name, args)
+        roots.append(str(root))
+        splits: dict[str, Splits] = {}
+        cells += [(dataset, root, model, splits) for model in args.models.split(",")]
+    return roots, cells
+
+
 def dataset_root(name: str, args: argparse.Namespace) -> tuple[str, Path]:
     """``(label, root)`` of ``synthetic``, ``realdev`` or any MVTec-layout folder (generated on demand)."""
     if name == "synthetic":

@@ -60,16 +60,14 @@ def variants(args: argparse.Namespace) -> list[gc.Variant]:
 def collect(args: argparse.Namespace) -> tuple[list[str], dict[tuple[str, str], dict[str, dict[str, Any]]]]:
     """Rows keyed by (dataset, model), then variant name."""
     store = gc.Measurements(args)
-    roots, out = [], {}
-    for name in args.datasets.split(","):
-        dataset, root = gc.dataset_root(name, args)
-        roots.append(str(root))
-        splits: dict[str, gc.Splits] = {}
-        for model in args.models.split(","):
-            out[(dataset, model)] = {
-                v.name: gc.mode_rows(store, dataset, root, model, "unified", v, args, splits)[0]
-                for v in variants(args)
-            }
+    roots, cells = gc.grid_cells(args)
+    out = {
+        (dataset, model): {
+            v.name: gc.mode_rows(store, dataset, root, model, "unified", v, args, splits)[0]
+            for v in variants(args)
+        }
+        for dataset, root, model, splits in cells
+    }
     return roots, out
 
 

@@ -35,14 +35,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def collect(args: argparse.Namespace) -> tuple[list[str], dict[tuple[str, str, str], list[dict[str, Any]]]]:
     """FP32 rows keyed by (dataset, model, mode)."""
     store = gc.Measurements(args)
-    roots, out = [], {}
-    for name in args.datasets.split(","):
-        dataset, root = gc.dataset_root(name, args)
-        roots.append(str(root))
-        splits: dict[str, gc.Splits] = {}
-        for model in args.models.split(","):
-            for mode in ("oneclass", "unified"):
-                out[(dataset, model, mode)] = gc.mode_rows(store, dataset, root, model, mode, gc.FP32, args, splits)
+    roots, cells = gc.grid_cells(args)
+    out = {
+        (dataset, model, mode): gc.mode_rows(store, dataset, root, model, mode, gc.FP32, args, splits)
+        for dataset, root, model, splits in cells
+        for mode in ("oneclass", "unified")
+    }
     return roots, out
 
 
