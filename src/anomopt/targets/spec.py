@@ -77,6 +77,24 @@ _CNN_OPS = (
 _ORT_OPS = _CNN_OPS
 _TRT_OPS = _CNN_OPS  # every entry is "Y" in onnx-tensorrt's matrix; QLinearConv / ConvInteger are not
 
+def _jetson(name: str, board: str, trt: str, sm: str) -> TargetSpec:
+    """A Jetson row: TensorRT ``trt`` on compute capability ``sm``, INT8 / FP16, two DLA cores, its
+    pipelines named ``<name>-<precision>``."""
+    precisions = (Precision.FP32, Precision.FP16, Precision.INT8)
+    return TargetSpec(
+        name=name,
+        description=f"NVIDIA Jetson {board}, TensorRT {trt}, sm_{sm.replace('.', '')}, INT8/FP16, optional DLA",
+        runtime="tensorrt",
+        precisions=precisions,
+        symmetric_activations=True,
+        supported_ops=_TRT_OPS,
+        trt_version=trt.split()[0],
+        sm=sm,
+        dla_cores=2,
+        pipelines={p: f"{name}-{p.value}" for p in precisions},
+    )
+
+
 TARGETS: dict[str, TargetSpec] = {
     "cpu": TargetSpec(
         name="cpu",
@@ -87,34 +105,8 @@ TARGETS: dict[str, TargetSpec] = {
         supported_ops=_ORT_OPS,
         pipelines={Precision.FP32: "cpu-fp32", Precision.INT8: "cpu-int8"},
     ),
-    "xavier_nx": TargetSpec(
-        name="xavier_nx",
-        description="NVIDIA Jetson Xavier NX, TensorRT 8.5 (JetPack 5), sm_72, INT8/FP16, optional DLA",
-        runtime="tensorrt",
-        precisions=(Precision.FP32, Precision.FP16, Precision.INT8),
-        symmetric_activations=True,
-        supported_ops=_TRT_OPS,
-        trt_version="8.5",
-        sm="7.2",
-        dla_cores=2,
-        pipelines={
-            Precision.FP32: "xavier_nx-fp32",
-            Precision.FP16: "xavier_nx-fp16",
-            Precision.INT8: "xavier_nx-int8",
-        },
-    ),
-    "orin": TargetSpec(
-        name="orin",
-        description="NVIDIA Jetson Orin, TensorRT 8.6 / 10, sm_87, INT8/FP16, optional DLA",
-        runtime="tensorrt",
-        precisions=(Precision.FP32, Precision.FP16, Precision.INT8),
-        symmetric_activations=True,
-        supported_ops=_TRT_OPS,
-        trt_version="8.6",
-        sm="8.7",
-        dla_cores=2,
-        pipelines={Precision.FP32: "orin-fp32", Precision.FP16: "orin-fp16", Precision.INT8: "orin-int8"},
-    ),
+    "xavier_nx": _jetson("xavier_nx", "Xavier NX", "8.5 (JetPack 5)", "7.2"),
+    "orin": _jetson("orin", "Orin", "8.6 / 10", "8.7"),
 }
 
 
