@@ -212,3 +212,16 @@ def test_in_graph_kernel_names_map_back_to_their_conv():
     assert lookup("/student/b/conv/Conv_token_17") == "/student/b/conv/Conv"  # QLinearConv
     assert lookup("/student/b/conv/Conv") == "/student/b/conv/Conv"  # FusedConv
     assert lookup("/head/Resize") is None
+
+
+def test_profile_refuses_an_existing_out_file_before_measuring(tmp_path, capsys):
+    from anomopt.cli.main import main as cli
+
+    out = tmp_path / "mine.json"
+    out.write_text("{}")
+    assert cli(["profile", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--out exists" in err and "--overwrite" in err and err.count("\n") == 1
+    assert out.read_text() == "{}"
+    assert cli(["profile", "--out", str(tmp_path)]) == 2  # a folder is not a file
+    assert "is a folder" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from anomopt.errors import ConfigError
+from anomopt.outputs import check_output_file
 
 __all__ = ["model_conv_shapes", "register", "run_profile"]
 
@@ -26,6 +27,7 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the cost model (JSON)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--checkpoint", action="append", default=[], metavar="FILE",
                    help="take the conv shapes of this checkpoint's FP32 ONNX graph (repeatable)")
     p.add_argument("--models", default=None,
@@ -67,6 +69,9 @@ def run_profile(args: argparse.Namespace) -> int:
 
     if args.threads <= 0 or args.budget <= 0 or args.rounds <= 0 or args.runs <= 0:
         raise ConfigError("--threads, --budget, --rounds and --runs must be positive")
+    out = check_output_file(args.out, "--out")  # before minutes of measuring, not after
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"{out}: --out exists; pass --overwrite to replace it, or choose another file")
     shapes: list[Any] = []
     in_graph: dict | None = None if args.probe_only else {}
     graph_opts = {"in_graph": in_graph, "threads": args.threads, "runs": args.runs, "rounds": args.rounds}
