@@ -59,8 +59,8 @@ def train_tiny(name: str) -> dict[str, dict[str, torch.Tensor]]:
     if name == "rd":  # its bottleneck dropout draws other masks per process: exactness needs it off
         extra = {"bottleneck_dropout": 0.0}
     if name == "us":
-        extra = {"teacher_fraction": 0.5, "teacher_augment": False, "descriptor": 32, "width": 16,
-                 "students": 2, "patch_sizes": (15,)}
+        extra = {"teacher": "distilled", "teacher_fraction": 0.5, "teacher_augment": False, "descriptor": 32,
+                 "width": 16, "students": 2, "patch_sizes": (15,)}
     model = build_model(name, image_size=SIZE, **extra)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = TrainConfig(epochs=2 if name == "us" else 1, batch_size=4, optimizer="sgd", lr=LR, momentum=0.0,

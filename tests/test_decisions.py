@@ -303,5 +303,11 @@ def test_decisions_benchmark_reports_the_threshold_noise_band(trained, tmp_path)
         lo, mid, hi = rows[name]["fr_band"][CAT]
         assert 0.0 <= lo <= mid <= hi <= 1.0
     text = results.read_text()
-    assert "FR % band from threshold noise" in text and "FP32's)" in text
+    assert "FR % band from threshold noise" in text
+    fr = rows["cpu-int8"]["per_category"][CAT]["false_reject_rate"]
+    lo, _, hi = rows["cpu-fp32"]["fr_band"][CAT]
+    assert ("(in FP32's)" if lo <= fr <= hi else "(outside FP32's)") in text
+    args = bench.argparse.Namespace(threads=1)  # the band is seeded: the same artifact gives the same band
+    again = bench.threshold_band(tmp_path / "out" / ckpt.parent.name / "cpu-fp32", ckpt, root, [CAT], args)
+    assert again["fr_band"][CAT] == rows["cpu-fp32"]["fr_band"][CAT]
     assert "FR inside the FP32 artifact's threshold-noise band in" in text

@@ -28,7 +28,8 @@ def _images(n: int, size: int, seed: int = 0) -> torch.Tensor:
 def test_each_model_trains_with_falling_loss(name):
     torch.manual_seed(0)
     # US: half the epochs distil the teachers, half train the students (3 + 3 below)
-    model = build_model(name, image_size=64, **({"teacher_fraction": 0.5} if name == "us" else {}))
+    us = {"teacher": "distilled", "teacher_fraction": 0.5}
+    model = build_model(name, image_size=64, **(us if name == "us" else {}))
     data = ImageList(_images(16, 64))
     result = train_model(model, data, TrainConfig(epochs=6, batch_size=8, progress=False, precision="fp32"))
     assert len(result.losses) == 6

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from anomopt.data import generate_synthetic, load_mvtec
+from anomopt.errors import ConfigError
 from anomopt.inference import predict_dataset, torch_scorer
 from anomopt.metrics import evaluate_predictions
 from anomopt.models import build_model
@@ -241,3 +242,9 @@ def test_qat_finetune_calls_the_models_refit_hook(toy_images) -> None:
     graph = QATFineTune(epochs=1, batch_size=4).run(graph, ctx)
     assert calls == [8]
     assert ctx.notes["refit"] == {"refit_images": 8}
+
+
+def test_backbone_teacher_refuses_a_teacher_phase():
+    """teacher='backbone' has nothing to distil: a teacher_fraction is an error, not silently dropped."""
+    with pytest.raises(ConfigError, match="no teacher phase"):
+        build_model("us", image_size=64, teacher="backbone", teacher_fraction=0.5)

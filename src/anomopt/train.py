@@ -149,9 +149,7 @@ def resolved_recipe(config: TrainConfig, model_name: str) -> Recipe:
 
 def make_optimizer(params: list[nn.Parameter], config: TrainConfig, model_name: str) -> torch.optim.Optimizer:
     """SGD (with momentum) or Adam over ``params``, as :func:`resolved_recipe` says."""
-    r = resolved_recipe(config, model_name)
-    if r.lr <= 0:
-        raise ConfigError(f"the learning rate must be positive, not {r.lr}")
+    r = resolved_recipe(config, model_name)  # Recipe validates lr > 0
     if r.optimizer == "sgd":
         return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
     return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)

@@ -137,25 +137,6 @@ def _read(path: Path, size: int) -> tuple[Any, tuple[int, int] | None, str | Non
         return None, None, f"{path}: cannot decode image ({type(err).__name__}: {detail})"
 
 
-def _thresholds(predictor: Any, category: str | None) -> dict[str, float]:
-    """The statistics and thresholds :meth:`Predictor.predict` decides with, for the table and overlay."""
-    from anomopt.normalization import DEFAULT_IMAGE_Z, DEFAULT_PIXEL_Z, category_entry
-
-    entry = category_entry(predictor.normalization, category)
-    mean = float(entry.get("score_mean", 0.0))
-    std = float(entry.get("score_std", 1.0)) or 1.0
-    image_z = float(entry.get("image_threshold_z", DEFAULT_IMAGE_Z))
-    return {
-        "score_mean": mean,
-        "score_std": std,
-        "image_threshold_z": image_z,
-        "threshold_score": mean + image_z * std,
-        "map_mean": float(entry.get("map_mean", mean)),
-        "map_std": float(entry.get("map_std", std)) or 1.0,
-        "pixel_threshold_z": float(entry.get("pixel_threshold_z", DEFAULT_PIXEL_Z)),
-    }
-
-
 def _mask_png(mask: Any, size: tuple[int, int]) -> bytes:
     import numpy as np
     from PIL import Image
@@ -198,7 +179,7 @@ def _predict(args: argparse.Namespace, paths: list[Path], broken: list[tuple[Pat
         category = resolve_category(predictor.normalization, args.category)
     except AnomoptError as err:
         raise ConfigError(f"--category: {err}") from None
-    th = _thresholds(predictor, category)
+    th = predictor.thresholds(category)
     size = predictor.image_size
     rows: dict[Path, dict[str, Any]] = {p: _row(p, category, decision="skipped", reason=r) for p, r in broken}
     index_of = {p: i for i, p in enumerate(paths)}

@@ -359,10 +359,11 @@ class UninformedStudents(KDModel):
         # Per patch size: mean and std of the regression error and of the predictive variance (training set).
         norm = torch.tensor([[0.0, 1.0, 0.0, 1.0]]).repeat(len(self.patches), 1)
         self.register_buffer("score_norm", norm)
-        default_fraction = 0.4 if self.teacher_kind == "distilled" else 0.0
-        self.teacher_fraction = float(extra.get("teacher_fraction", default_fraction))
-        if self.teacher_kind == "backbone":
-            self.teacher_fraction = 0.0  # nothing to distil: the students train from the first epoch
+        if self.teacher_kind == "backbone" and float(extra.get("teacher_fraction", 0.0)) != 0.0:
+            raise ConfigError("us teacher='backbone' has no teacher phase: drop teacher_fraction, or use "
+                              "teacher='distilled'")
+        # backbone descriptors: nothing to distil, the students train from the first epoch
+        self.teacher_fraction = float(extra.get("teacher_fraction", 0.4 if self.teacher_kind == "distilled" else 0.0))
         self.phase = "students"  # a loaded (trained) model is past the teacher phase
         self._scheduled = False  # set_epoch not called yet: the optimizer must cover both phases
         self._collect_descriptors = False

@@ -310,20 +310,33 @@ class Predictor:
         arr, _ = self._prepare(images)
         return self._runner.run(arr)
 
+    def thresholds(self, category: str | None = None) -> dict[str, float]:
+        """The statistics and thresholds :meth:`predict` decides with for ``category`` (same rules for
+        ``None`` / ``"pooled"`` / unknown names), plus ``threshold_score``: the raw image-score threshold."""
+        entry = category_entry(self.normalization, category)
+        mean = float(entry.get("score_mean", 0.0))
+        std = float(entry.get("score_std", 1.0)) or 1.0
+        image_z = float(entry.get("image_threshold_z", DEFAULT_IMAGE_Z))
+        return {
+            "score_mean": mean,
+            "score_std": std,
+            "image_threshold_z": image_z,
+            "threshold_score": mean + image_z * std,
+            "map_mean": float(entry.get("map_mean", mean)),
+            "map_std": float(entry.get("map_std", std)) or 1.0,
+            "pixel_threshold_z": float(entry.get("pixel_threshold_z", DEFAULT_PIXEL_Z)),
+        }
+
     def predict(self, images: Any, category: str | None = None) -> list[Prediction]:
         """One :class:`Prediction` per image, normalized with ``category``'s statistics and thresholds.
 
         ``category`` may be None only for a one-category artifact; ``"pooled"`` asks for the mean of the
         known categories' statistics; an unknown name raises :class:`DataError` listing the known ones."""
-        entry = category_entry(self.normalization, category)
+        th = self.thresholds(category)
         arr, _ = self._prepare(images)
         scores, maps = self._runner.run(arr)
-        mean = float(entry.get("score_mean", 0.0))
-        std = float(entry.get("score_std", 1.0)) or 1.0
-        image_z = float(entry.get("image_threshold_z", DEFAULT_IMAGE_Z))
-        map_mean = float(entry.get("map_mean", mean))
-        map_std = float(entry.get("map_std", std)) or 1.0
-        pixel_z = float(entry.get("pixel_threshold_z", DEFAULT_PIXEL_Z))
+        mean, std, image_z = th["score_mean"], th["score_std"], th["image_threshold_z"]
+        map_mean, map_std, pixel_z = th["map_mean"], th["map_std"], th["pixel_threshold_z"]
         out = []
         for s, m in zip(scores, maps, strict=False):
             z = (float(s) - mean) / std
