@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from anomopt.errors import ConfigError
+from anomopt.outputs import work_dir
 
 __all__ = ["register", "run_bench"]
 
@@ -50,7 +50,7 @@ def run_bench(args: argparse.Namespace) -> int:
     path = Path(args.target)
     common = {"threads": args.threads, "iters": args.iters, "warmup": args.warmup, "batch": args.batch}
     load = machine_load(args.threads)  # before our own processes add to it
-    with tempfile.TemporaryDirectory(prefix="anomopt-bench-") as work:
+    with work_dir("anomopt-bench-") as work:
         if path.is_dir():
             rows, size = _bench_artifact(path, common, Path(work))
         elif path.is_file():

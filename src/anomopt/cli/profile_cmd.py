@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from anomopt.errors import ConfigError
-from anomopt.outputs import check_output_file
+from anomopt.outputs import check_output_file, work_dir
 
 __all__ = ["model_conv_shapes", "register", "run_profile"]
 
@@ -52,7 +51,7 @@ def model_conv_shapes(model: Any, image_size: int | None = None, in_graph: dict 
     from anomopt.cost.measure import conv_shapes_of_onnx
     from anomopt.targets.onnx_export import export_onnx
 
-    with tempfile.TemporaryDirectory(prefix="anomopt-profile-") as tmp:
+    with work_dir("anomopt-profile-") as tmp:
         exp = export_onnx(model, Path(tmp) / "model.onnx", image_size=image_size)
         if in_graph is not None:
             from anomopt.cost.ingraph import profile_in_graph
