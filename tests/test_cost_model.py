@@ -172,6 +172,32 @@ def test_latency_aware_pass_on_a_synthetic_table(tmp_path):
         LatencyAwarePrecision(cost_models="x")
 
 
+def test_latency_aware_pass_restores_layers_for_accuracy(tmp_path):
+    """Under a drift tolerance no INT8 layer meets, the layers the cost model kept in INT8 go back to FP32 too,
+    with the same restore as auto_mixed_precision, and the notes hold only this pass's own keys."""
+    images = torch.rand(24, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    path = tmp_path / "fast.json"
+    stem, second = ConvShape(3, 8, 3, 2, 1, 32, 32), ConvShape(8, 16, 3, 2, 1, 16, 16)
+    _table({stem: (50.0, 10.0), second: (100.0, 10.0)}).save(path)
+
+    def run(**options):
+        graph = capture(ToyKD(seed=3).eval(), images[:1])
+        ctx = PassContext(calib_images=images[:16], held_images=images[16:])
+        graph, _ = PassManager([InsertFakeQuant(scope="all"), Calibrate(method="max")]).run(graph, ctx)
+        ctx.notes.clear()
+        return LatencyAwarePrecision(cost_model=str(path), **options).run(graph, ctx), ctx.notes
+
+    fast, notes = run(accuracy=False)
+    assert "fp32_for_accuracy" not in notes and fast.state.kept_fp == sorted(notes["fp32_for_latency"])
+    out, notes = run(max_map_drift=1e-12, max_fp_fraction=1.0)
+    restored = notes["fp32_for_accuracy"]
+    assert restored and not set(restored) & set(notes["fp32_for_latency"])
+    assert out.state.kept_fp == sorted(set(restored) | set(notes["fp32_for_latency"]))
+    assert all(not out.module(n).input_quantizer.enabled for n in out.state.kept_fp)
+    assert notes["drift_vs_fp"]["map"] == 0.0  # every INT8 layer restored: the unquantized outputs exactly
+    assert "kept_fp" not in notes  # auto_mixed_precision's own note is not mixed into this pass's
+
+
 def test_cpu_int8_fast_pipeline_is_shipped():
     import anomopt.api  # noqa: F401  (registers the 'lower' pass)
     from anomopt.passes import load_pipeline

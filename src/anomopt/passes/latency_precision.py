@@ -6,7 +6,8 @@ and the tensors between convs; :func:`anomopt.cost.plan.plan_precision` picks th
 model (``cost_model``: a file written by ``anomopt profile``, default the shipped CPU model). Convs left
 FP32 get their quantizers switched off and are listed in ``graph.state.kept_fp``, which the lowering
 honours. With ``accuracy = true`` (default) the drift of the result against the unquantized graph is then
-checked and, if over the tolerance, the most helpful INT8 layers go back to FP32 (``auto_mixed_precision``).
+checked and, if over the tolerance, the most helpful INT8 layers go back to FP32
+(:func:`anomopt.passes.mixed_precision.restore_for_drift`, as ``auto_mixed_precision`` does).
 The pass notes list every candidate conv with its costs, choice and reason.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 
 from anomopt.graph import ModelGraph
 from anomopt.passes.base import Pass, PassContext
-from anomopt.passes.mixed_precision import AutoMixedPrecision
+from anomopt.passes.mixed_precision import restore_for_drift
 from anomopt.passes.options import option
 from anomopt.passes.registry import register_pass
 from anomopt.quant.attach import SCOPES, quantized_layers, set_layer_quantized
@@ -76,19 +77,10 @@ class LatencyAwarePrecision(Pass):
             "layers": records,
         }
         if self.options.accuracy and ctx.held_images is not None:
-            amp = AutoMixedPrecision(max_fp_fraction=self.options.max_fp_fraction, **self.tolerance_override)
+            tol = ctx.tolerance.merged(self.tolerance_override)
             still = [n for n in quantized_layers(graph) if n not in set(graph.state.kept_fp)]
-            saved = list(graph.state.quantized_layers)
-            before = dict(ctx.notes)
-            graph.state.quantized_layers = still
-            try:
-                graph = amp.run(graph, ctx)
-            finally:
-                graph.state.quantized_layers = saved
-            restored = list(ctx.notes.get("kept_fp", []))
-            notes["drift_vs_fp"] = ctx.notes.get("drift_vs_fp")
-            ctx.notes.clear()
-            ctx.notes.update(before)
+            restored, drift = restore_for_drift(graph, still, ctx.held_images, tol, self.options.max_fp_fraction)
+            notes["drift_vs_fp"] = drift.to_dict()
             graph.state.kept_fp = sorted(kept | set(to_fp) | set(restored))
             notes["fp32_for_accuracy"] = restored
         ctx.note(**notes)
