@@ -392,3 +392,30 @@ def test_shipped_pipeline_prunes_before_quantizing() -> None:
     assert data["pass"][2]["scope"] == "all"  # the speed pipeline quantizes the teacher too
     pipeline = pipeline_from_dict(data, source=PIPELINE)
     PassManager(pipeline.passes).check(set())
+
+
+def test_drop_dead_blocks_cuts_an_uncut_model_as_the_builder_does(monkeypatch) -> None:
+    """A model built with timm's full block list (before extractors were cut) loses exactly the blocks the
+    builder no longer makes, through the same cut; the counts are those blocks' parameters."""
+    from anomopt.models import backbones
+    from anomopt.passes.prune import drop_dead_blocks
+
+    with monkeypatch.context() as m:
+        m.setattr(backbones, "cut_after_last_tap", lambda net: 0)
+        torch.manual_seed(0)
+        old = build_model("stfpm", image_size=SIZE, pretrained=False).eval()
+    built = build_model("stfpm", image_size=SIZE, pretrained=False).eval()
+    params = dict(old.named_parameters())
+    x = _images(2, 4)
+    with torch.no_grad():
+        before = old(x)
+    dropped = drop_dead_blocks(old)
+    assert dropped and set(old.state_dict()) == set(built.state_dict())
+    for path, count in dropped.items():
+        assert count == sum(p.numel() for n, p in params.items() if n.startswith(path + "."))
+    kept = {n for n in params if not n.startswith(tuple(p + "." for p in dropped))}
+    assert kept == set(dict(old.named_parameters())) and len(kept) < len(params)
+    with torch.no_grad():
+        after = old(x)
+    assert torch.equal(before[1], after[1]) and torch.equal(before[0], after[0])
+    assert drop_dead_blocks(old) == {} and drop_dead_blocks(built) == {}

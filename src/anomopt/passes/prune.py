@@ -43,6 +43,7 @@ from anomopt.distill_loop import finetune_adam
 from anomopt.errors import ConfigError, DataError
 from anomopt.graph import ModelGraph, PrunePlan
 from anomopt.graph.ir import ROLES, leaf_modules, role_of
+from anomopt.models.backbones import cut_after_last_tap
 from anomopt.passes.base import Pass, PassContext
 from anomopt.passes.options import option
 from anomopt.passes.registry import register_pass
@@ -421,25 +422,18 @@ def apply_channel_selection(
 
 
 def drop_dead_blocks(model: nn.Module) -> dict[str, int]:
-    """Cut blocks of timm ``features_only`` EfficientNets that run after the last tapped feature.
+    """Cut the blocks of every timm ``features_only`` extractor in ``model`` that run after its last tapped
+    feature (:func:`anomopt.models.backbones.cut_after_last_tap`: models built now are cut already; a model
+    built with timm's full block list is not).
 
     Returns the parameter count removed per cut module path. Outputs are unchanged (nothing uses them).
     """
-    try:
-        from timm.models.efficientnet import EfficientNetFeatures
-    except ImportError:  # pragma: no cover - timm is a dependency
-        return {}
     dropped: dict[str, int] = {}
     for name, m in list(model.named_modules()):
-        if not isinstance(m, EfficientNetFeatures) or getattr(m, "feature_hooks", None) is not None:
-            continue
-        needed = max(m._stage_out_idx) if m._stage_out_idx else 0  # blocks[:needed] feed the last tap
-        blocks = list(m.blocks)
-        if needed >= len(blocks):
-            continue
-        for i in range(needed, len(blocks)):
+        blocks = list(m.blocks) if isinstance(getattr(m, "blocks", None), nn.Sequential) else []
+        removed = cut_after_last_tap(m)
+        for i in range(len(blocks) - removed, len(blocks)):
             dropped[f"{name}.blocks.{i}"] = sum(p.numel() for p in blocks[i].parameters())
-        m.blocks = nn.Sequential(*blocks[:needed])
     return dropped
 
 
