@@ -9,6 +9,8 @@ set; written for this package):
 - ``scratch``: a thin bright or dark random-walk line;
 - ``stain``: a soft-edged irregular blob that tints the image.
 
+Shapes are drawn with :mod:`anomopt.data.shapes`, as in the synthetic data set.
+
 The mask is the set of pixels whose 8-bit value changed, so outside the mask the image is untouched.
 :class:`PastedDefects` pairs every image of a data set of normal images (the validation split) with its
 defective copy: a labelled evaluation set made of normal images only.
@@ -21,10 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 from scipy import ndimage
 from torch.utils.data import Dataset
 
+from anomopt.data.shapes import blob_depth, draw_lines, grid, to_u8
 from anomopt.errors import ConfigError, DataError
 
 DEFECT_KINDS = ("patch", "scar", "scratch", "stain")
@@ -33,7 +35,7 @@ _MIN_PIXELS_FRACTION = 0.002  # a defect must change at least this share of the 
 
 def _rotated_strip(h: int, w: int, cy: float, cx: float, length: float, width: float, angle: float) -> np.ndarray:
     """Bool mask of a rotated rectangle."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = grid(h, w)
     c, s = math.cos(angle), math.sin(angle)
     u = (xx - cx) * c + (yy - cy) * s
     v = -(xx - cx) * s + (yy - cy) * c
@@ -72,7 +74,6 @@ def _cut_paste(img: np.ndarray, rng: np.random.Generator, scar: bool) -> np.ndar
 
 def _scratch(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     h, w, _ = img.shape
-    canvas = Image.new("L", (w, h), 0)
     y, x = rng.uniform(0.15, 0.85) * h, rng.uniform(0.15, 0.85) * w
     angle = rng.uniform(0, 2 * math.pi)
     pts = [(x, y)]
@@ -81,8 +82,8 @@ def _scratch(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         step = rng.uniform(0.02, 0.05) * min(h, w)
         x, y = x + step * math.cos(angle), y + step * math.sin(angle)
         pts.append((x, y))
-    ImageDraw.Draw(canvas).line(pts, fill=255, width=max(1, int(round(min(h, w) / 128))))
-    alpha = np.asarray(canvas, dtype=np.float32)[..., None] / 255.0
+    line = draw_lines((h, w), [pts], max(1, int(round(min(h, w) / 128))), joint=None)
+    alpha = line.astype(np.float32)[..., None]
     tone = 1.0 if rng.random() < 0.5 else 0.0
     strength = rng.uniform(0.5, 0.9)
     return img * (1 - strength * alpha) + tone * strength * alpha
@@ -90,14 +91,9 @@ def _scratch(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _stain(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     h, w, _ = img.shape
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     cy, cx = rng.uniform(0.15, 0.85) * h, rng.uniform(0.15, 0.85) * w
     r = rng.uniform(0.04, 0.1) * min(h, w)
-    ang = np.arctan2(yy - cy, xx - cx)
-    rr = np.full_like(ang, r)
-    for k in range(2, 5):
-        rr += r * 0.3 / k * math.cos(rng.uniform(0, 2 * math.pi)) * np.cos(k * ang + rng.uniform(0, 2 * math.pi))
-    inside = (rr - np.hypot(yy - cy, xx - cx) > 0).astype(np.float32)
+    inside = (blob_depth((h, w), cy, cx, r, rng, rough=0.3, harmonics=3, signed=True) > 0).astype(np.float32)
     alpha = ndimage.gaussian_filter(inside, sigma=max(0.5, r / 6))[..., None] * rng.uniform(0.4, 0.8)
     color = rng.uniform(0.0, 1.0, size=3).astype(np.float32)
     return img * (1 - alpha) + color * alpha
@@ -126,7 +122,7 @@ def paste_defect(image: np.ndarray, seed: int, kind: str | None = None) -> tuple
             out = _scratch(base, rng)
         else:
             out = _stain(base, rng)
-        out8 = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+        out8 = to_u8(out)
         mask = (out8 != image).any(axis=2).astype(np.uint8)
         if mask.sum() >= _MIN_PIXELS_FRACTION * h * w:
             return out8, mask, k

@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from tqdm import tqdm
 
+from anomopt.data.shapes import blob_depth, draw_lines, grid, to_u8
 from anomopt.errors import ConfigError, DataError
 from anomopt.io import atomic_dir
 
@@ -67,15 +68,6 @@ class _Scene:
 # ----------------------------------------------------------------------------------------------- helpers
 
 
-@functools.lru_cache(maxsize=4)
-def _grid(s: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel row and column coordinates (cached, read-only)."""
-    yy, xx = np.mgrid[0:s, 0:s].astype(_F)
-    yy.setflags(write=False)
-    xx.setflags(write=False)
-    return yy, xx
-
-
 def _gauss(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
     """Float32 Gaussian noise (faster than float64 ``rng.normal`` for image-sized arrays)."""
     return rng.standard_normal(shape, dtype=_F) * _F(sigma)
@@ -99,26 +91,12 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float
 
 def _lighting(rng: np.random.Generator, s: int, amp: float) -> np.ndarray:
     """Multiplicative light field: linear gradient in a random direction plus soft low-frequency blotches."""
-    yy, xx = _grid(s)
+    yy, xx = grid(s)
     a = rng.uniform(0, 2 * math.pi)
     g = ((xx - s / 2) * math.cos(a) + (yy - s / 2) * math.sin(a)) / s
     small = _smooth_noise(rng, (max(s // 8, 4), max(s // 8, 4)), 1.5)
     blot = np.asarray(Image.fromarray(small, mode="F").resize((s, s), Image.BILINEAR), dtype=_F)
     return (1.0 + amp * 2.0 * g + 0.3 * amp * blot).astype(_F)
-
-
-def _u8(img: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
-
-
-def _blob(s: int, cy: float, cx: float, r: float, rng: np.random.Generator, rough: float = 0.3) -> np.ndarray:
-    """Signed 'inside depth' (pixels) of an irregular blob; > 0 inside."""
-    yy, xx = _grid(s)
-    ang = np.arctan2(yy - cy, xx - cx)
-    rr = np.full_like(ang, r)
-    for k in range(2, 6):
-        rr += r * rough / k * rng.uniform(0.3, 1.0) * np.cos(k * ang + rng.uniform(0, 2 * math.pi))
-    return rr - np.hypot(yy - cy, xx - cx)
 
 
 def _curve(
@@ -155,14 +133,6 @@ def _walk(
         y += step * math.sin(angle)
         pts.append((x, y))
     return pts
-
-
-def _draw_lines(s: int, lines: Sequence[Sequence[tuple[float, float]]], width: int) -> np.ndarray:
-    im = Image.new("L", (s, s), 0)
-    d = ImageDraw.Draw(im)
-    for pts in lines:
-        d.line([(float(x), float(y)) for x, y in pts], fill=255, width=max(1, int(width)), joint="curve")
-    return np.asarray(im) > 0
 
 
 def _disks(s: int, centers: Sequence[tuple[float, float]], radii: Sequence[float]) -> np.ndarray:
@@ -233,7 +203,7 @@ def _render_fabric(rng: np.random.Generator, s: int, seed: int = 0) -> _Scene:
         "var_w": (rng.normal(0, 0.05, (512, 1)) + rng.normal(0, 0.015, (512, 3))).astype(_F),
         "var_f": (rng.normal(0, 0.05, (512, 1)) + rng.normal(0, 0.015, (512, 3))).astype(_F),
     }
-    yy, xx = _grid(s)
+    yy, xx = grid(s)
     base = _fabric_base(p, xx, yy)
     fiber = 0.5 * _smooth_noise(rng, (s, s), (2.5 * k + 0.5, 0.4)) + 0.5 * _smooth_noise(
         rng, (s, s), (0.4, 2.5 * k + 0.5)
@@ -259,7 +229,7 @@ def _render_metal(rng: np.random.Generator, s: int, seed: int = 0) -> _Scene:
     tex = 0.045 * _streaks(rng, h, h, max(4, int(40 * k)), 0.6) + 0.03 * _streaks(
         rng, h, h, max(8, int(90 * k)), 2.0 * k + 0.3
     )
-    yy, xx = _grid(s)
+    yy, xx = grid(s)
     a = math.tan(math.radians(rng.uniform(-4, 4)))
     tex = ndimage.map_coordinates(tex, [yy + pad + (xx - s / 2) * a, xx + pad], order=1, mode="reflect")
     base = np.array([0.60, 0.61, 0.63], _F) * rng.uniform(0.93, 1.07)
@@ -322,7 +292,7 @@ def _pcb_design(seed: int) -> dict:
 def _render_pcb(rng: np.random.Generator, s: int, seed: int = 0) -> _Scene:
     k = s / 256
     g = s / _PCB_GRID
-    yy, xx = _grid(s)
+    yy, xx = grid(s)
     board_col = np.array([0.07, 0.33, 0.16], _F) * rng.uniform(0.92, 1.08, 3).astype(_F)
     ph = rng.uniform(0, 2 * math.pi, 2)
     wl = 6 * k + 1
@@ -395,7 +365,7 @@ def _render_pcb(rng: np.random.Generator, s: int, seed: int = 0) -> _Scene:
 
 def _render_round(rng: np.random.Generator, s: int, seed: int = 0) -> _Scene:
     k = s / 256
-    yy, xx = _grid(s)
+    yy, xx = grid(s)
     bcol = np.array([0.30, 0.32, 0.35], _F) * rng.uniform(0.94, 1.06)
     tex = 0.03 * _smooth_noise(rng, (s, s), 0.8 * k + 0.3) + 0.03 * _smooth_noise(rng, (s, s), 20 * k)
     cy, cx = s / 2 + rng.uniform(-0.035, 0.035, 2) * s
@@ -485,7 +455,7 @@ def _render_mesh(rng: np.random.Generator, s: int, seed: int = 0) -> _Scene:
         "ph_y": rng.uniform(0, 2 * math.pi),
         "wire_col": np.array([0.95, 0.97, 1.0], _F) * rng.uniform(0.92, 1.08),
     }
-    yy, xx = _grid(s)
+    yy, xx = grid(s)
     light = _lighting(rng, s, 0.06)
     bg_col = np.array([0.80, 0.82, 0.84], _F) * rng.uniform(0.94, 1.04)
     bg = bg_col * (light * (1 + 0.03 * _smooth_noise(rng, (s, s), 12 * k)))[..., None]
@@ -519,7 +489,7 @@ def _d_missing(
     within: np.ndarray | None = None,
 ) -> Defect:
     cy, cx = center if center is not None else _pick_point(rng, sc.obj, s)
-    region = _blob(s, cy, cx, rng.uniform(*r_frac) * s, rng, rough=0.35) > 0
+    region = blob_depth(s, cy, cx, rng.uniform(*r_frac) * s, rng, rough=0.35) > 0
     if within is not None:
         region &= within
     return sc.bg, region
@@ -528,7 +498,7 @@ def _d_missing(
 def _d_scratch(sc: _Scene, rng: np.random.Generator, s: int, bright: float | None = None) -> Defect:
     k = s / 256
     cy, cx = _pick_point(rng, sc.obj, s, 0.2)
-    line = _draw_lines(
+    line = draw_lines(
         s,
         [_curve(rng, s, rng.uniform(0.22, 0.42) * s, (cx, cy), max(1.0, 2 * k))],
         max(1, int(round(rng.uniform(2.0, 3.0) * k))),
@@ -559,14 +529,14 @@ def _d_crack(sc: _Scene, rng: np.random.Generator, s: int) -> Defect:
                 step,
             )
         )
-    region = _draw_lines(s, lines, max(1, int(round(1.6 * k))))
+    region = draw_lines(s, lines, max(1, int(round(1.6 * k))))
     return sc.img * rng.uniform(0.12, 0.25), region if sc.obj is None else region & sc.obj
 
 
 def _d_stain(sc: _Scene, rng: np.random.Generator, s: int, color: Sequence[float]) -> Defect:
     k = s / 256
     cy, cx = _pick_point(rng, sc.obj, s)
-    depth = _blob(s, cy, cx, rng.uniform(0.05, 0.09) * s, rng, rough=0.4)
+    depth = blob_depth(s, cy, cx, rng.uniform(0.05, 0.09) * s, rng, rough=0.4)
     a = np.clip(depth / (6 * k + 1.0), 0, 1)
     a = a * (0.8 + 0.2 * _smooth_noise(rng, (s, s), 3 * k + 0.5))
     strength = rng.uniform(0.55, 0.8)
@@ -603,9 +573,9 @@ def _d_specks(
 def _d_dent(sc: _Scene, rng: np.random.Generator, s: int) -> Defect:
     cy, cx = _pick_point(rng, None, s)
     r = rng.uniform(0.045, 0.075) * s
-    depth = _blob(s, cy, cx, r, rng, rough=0.2)
+    depth = blob_depth(s, cy, cx, r, rng, rough=0.2)
     a = np.clip(depth / (0.5 * r), 0, 1) ** 0.7
-    yy, xx = _grid(s)
+    yy, xx = grid(s)
     la = rng.uniform(0, 2 * math.pi)
     grad = np.clip(((xx - cx) * math.cos(la) + (yy - cy) * math.sin(la)) / r, -1, 1)
     new = sc.img + (a * (0.4 * grad - 0.12))[..., None]
@@ -616,7 +586,7 @@ def _d_thread(sc: _Scene, rng: np.random.Generator, s: int) -> Defect:
     k = s / 256
     cols = ([0.75, 0.10, 0.08], [0.95, 0.80, 0.10], [0.08, 0.08, 0.08], [0.10, 0.55, 0.20])
     col = np.asarray(cols[int(rng.integers(len(cols)))], _F)
-    line = _draw_lines(
+    line = draw_lines(
         s,
         [_curve(rng, s, rng.uniform(0.25, 0.45) * s, None, max(1.0, 2 * k))],
         max(1, int(round(rng.uniform(2.0, 3.0) * k))),
@@ -630,7 +600,7 @@ def _d_open(sc: _Scene, rng: np.random.Generator, s: int) -> Defect:
     # Cut the trace away from its pads, so the gap leaves two dangling trace ends.
     eligible = sc.info["trace"] & (sc.info["pad_dist"] > r + 1.5)
     cy, cx = _pick_point(rng, eligible if eligible.any() else sc.info["trace"], s, 0.08)
-    region = (_blob(s, cy, cx, r, rng, rough=0.3) > 0) & sc.info["copper"]
+    region = (blob_depth(s, cy, cx, r, rng, rough=0.3) > 0) & sc.info["copper"]
     return sc.bg, region
 
 
@@ -640,8 +610,8 @@ def _d_short(sc: _Scene, rng: np.random.Generator, s: int) -> Defect:
     ang = rng.integers(0, 4) * math.pi / 2 + rng.normal(0, 0.15)
     ln = rng.uniform(1.0, 1.7) * g
     end = (cx + ln * math.cos(ang), cy + ln * math.sin(ang))
-    region = _draw_lines(s, [[(cx, cy), end]], max(1, int(round(tw * rng.uniform(0.7, 1.1)))))
-    region |= _blob(s, end[1], end[0], max(1.0, rng.uniform(0.35, 0.5) * g), rng, rough=0.6) > 0
+    region = draw_lines(s, [[(cx, cy), end]], max(1, int(round(tw * rng.uniform(0.7, 1.1)))))
+    region |= blob_depth(s, end[1], end[0], max(1.0, rng.uniform(0.35, 0.5) * g), rng, rough=0.6) > 0
     new = np.broadcast_to(sc.info["cu"] * 0.92, sc.img.shape) + _gauss(rng, sc.img.shape, 0.015)
     return new.astype(_F), region & ~sc.info["copper"]
 
@@ -649,7 +619,7 @@ def _d_short(sc: _Scene, rng: np.random.Generator, s: int) -> Defect:
 def _d_bent(sc: _Scene, rng: np.random.Generator, s: int) -> Defect:
     p = sc.info["params"]
     cy, cx = _pick_point(rng, None, s)
-    yy, xx = _grid(s)
+    yy, xx = grid(s)
     sig = p["pitch"] * rng.uniform(0.7, 1.0)
     amp = p["pitch"] * rng.uniform(0.55, 0.75)
     ang = rng.uniform(0, 2 * math.pi)
@@ -664,7 +634,7 @@ def _d_broken(sc: _Scene, rng: np.random.Generator, s: int) -> Defect:
     pitch = sc.info["params"]["pitch"]
     cy, cx = _pick_point(rng, sc.info["wires"], s)
     r = rng.uniform(0.5, 0.9) * pitch
-    return sc.bg, _blob(s, cy, cx, r, rng, rough=0.4) > 0
+    return sc.bg, blob_depth(s, cy, cx, r, rng, rough=0.4) > 0
 
 
 _RUST = [0.55, 0.25, 0.08]
@@ -742,7 +712,7 @@ def render_sample(
         )
     s = int(image_size)
     scene = _RENDERERS[category](_rng(seed, category, int(index), 0), s, int(seed))
-    normal = _u8(scene.img)
+    normal = to_u8(scene.img)
     if defect is None:
         return normal, np.zeros((s, s), np.uint8)
     min_area = max(6, int(0.0012 * s * s))
@@ -750,7 +720,7 @@ def render_sample(
     best: tuple[np.ndarray, np.ndarray] | None = None
     for _ in range(12):
         new, region = _apply_defect(category, defect, scene, drng, s)
-        new8 = _u8(np.asarray(new, _F))
+        new8 = to_u8(np.asarray(new, _F))
         changed = region & (new8 != normal).any(axis=2)
         if best is None or changed.sum() > best[1].sum():
             best = (np.where(changed[..., None], new8, normal), changed.astype(np.uint8))
