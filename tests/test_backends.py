@@ -179,3 +179,45 @@ def test_the_lower_pass_documents_the_builtin_backends_options():
     assert set(declared) == set(from_backends) | set(Backend.COMMON_OPTIONS)
     for key, default in {**from_backends, **Backend.COMMON_OPTIONS}.items():
         assert declared[key] == default, key
+
+
+def test_a_backend_default_is_the_lower_pass_default(monkeypatch):
+    """``Lower.Options`` is made from the backends' declarations: a default changed in a backend is the
+    ``lower`` pass's default, still typed; two backends declaring one option differently are refused."""
+    import dataclasses
+
+    from anomopt.passes.options import option
+    from anomopt.targets.backends.tensorrt import TensorRTBackend
+    from anomopt.targets.lower import Lower, lower_options
+
+    class BiggerWorkspace(TensorRTBackend):
+        @dataclasses.dataclass
+        class Options(TensorRTBackend.Options):
+            workspace_mib: int = option(2048, "trtexec workspace in MiB")
+
+    class Clashing(TensorRTBackend):
+        runtime = "clashrt"
+
+        @dataclasses.dataclass
+        class Options:
+            cache_bins: str = option("many", "not the TensorRT meaning")
+
+    assert BiggerWorkspace.options["workspace_mib"] == 2048
+    try:
+        register_backend(BiggerWorkspace)
+        lower_options.cache_clear()
+        assert Lower().options.workspace_mib == 2048
+        assert Lower.option_docs()["workspace_mib"] == ("an integer", 2048, "trtexec workspace in MiB")
+        with pytest.raises(ConfigError, match="option 'workspace_mib' must be an integer"):
+            Lower(workspace_mib="big")
+        register_backend(Clashing)
+        monkeypatch.setattr("anomopt.targets.lower.builtin_runtimes", lambda: ["clashrt", "tensorrt"])
+        lower_options.cache_clear()
+        with pytest.raises(TargetError, match="'cache_bins' is declared by clashrt and tensorrt"):
+            Lower()
+    finally:
+        unregister_backend("clashrt")
+        register_backend(TensorRTBackend)
+        monkeypatch.undo()
+        lower_options.cache_clear()
+    assert Lower().options.workspace_mib == 1024

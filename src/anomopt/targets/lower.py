@@ -11,14 +11,17 @@ stand-in (the QDQ ONNX computes the int8 math TensorRT runs; FP16 is not emulate
 
 Options: ``threads`` (runner), ``backend`` (``onnx`` | ``torch_tensorrt``), and the options the target's
 backend declares (ONNX Runtime: ``float_consumers``, ``use_torch_ranges``; TensorRT: ``trt_quantization``,
-``cache_bins``, ``dla_core``, ``workspace_mib``, ``fp16_fallback``). An option the backend does not read
-is a :class:`ConfigError`.
+``cache_bins``, ``dla_core``, ``workspace_mib``, ``fp16_fallback``). ``Lower.Options`` is made from those
+declarations (types, defaults, docs: :func:`lower_options`), so the defaults live in the backends only.
+An option the backend does not read is a :class:`ConfigError`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
+import typing
 import weakref
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,8 @@ from anomopt.passes.options import option
 from anomopt.passes.registry import register_pass
 from anomopt.precision import Precision
 from anomopt.runtime.predictor import OnnxRunner
-from anomopt.targets.backends import LoweringJob, backend_option_names, get_backend
+from anomopt.targets.backends import LoweringJob, backend_option_names, builtin_runtimes, get_backend
+from anomopt.targets.backends.base import CommonOptions, option_defaults
 from anomopt.targets.spec import TargetSpec
 
 BUNDLES = ("onnx", "torch_tensorrt")
@@ -98,6 +102,42 @@ def check_supported_ops(model_path: str | Path, target: TargetSpec) -> None:
         )
 
 
+@functools.cache
+def lower_options() -> type:
+    """The ``lower`` pass's options dataclass: the common options and each built-in backend's, with the
+    types, defaults and docs the backends declare (:mod:`anomopt.targets.backends`), so a default lives in
+    one place. Made once, on first use (it imports the built-in backends)."""
+    sources = [("common", CommonOptions)]
+    for runtime in builtin_runtimes():
+        declared = type(get_backend(runtime)).Options
+        if declared is not None:
+            sources.append((runtime, declared))
+    specs: dict[str, tuple[str, Any, Any, str]] = {}  # name: (declared by, type, default, doc)
+    for owner, cls in sources:
+        hints, defaults = typing.get_type_hints(cls), option_defaults(cls)
+        for f in dataclasses.fields(cls):
+            if f.name not in specs:
+                specs[f.name] = (owner, hints[f.name], defaults[f.name], str(f.metadata.get("doc", "")))
+            elif specs[f.name][1:3] != (hints[f.name], defaults[f.name]):  # one option name, one meaning
+                raise TargetError(
+                    f"lower option {f.name!r} is declared by {specs[f.name][0]} and {owner} with different "
+                    "types or defaults; rename one"
+                )
+    made = dataclasses.make_dataclass(
+        "Options", [(name, hint, option(default, doc)) for name, (_, hint, default, doc) in specs.items()]
+    )
+    made.__module__, made.__qualname__ = __name__, "Lower.Options"
+    made.__doc__ = "The options of the ``lower`` pass (made by :func:`lower_options`)."
+    return made
+
+
+class _FromBackends:
+    """``Lower.Options``: :func:`lower_options`, made when first read (importing ``lower`` stays light)."""
+
+    def __get__(self, obj: Any, owner: Any) -> type:
+        return lower_options()
+
+
 @register_pass
 class Lower(Pass):
     """Lower to the target's deployable artifact and route ``graph.predict`` through it."""
@@ -105,17 +145,7 @@ class Lower(Pass):
     name = "lower"
     provides = frozenset({"lowered"})
 
-    @dataclasses.dataclass
-    class Options:
-        backend: str = option("onnx", "onnx | torch_tensorrt (adds the torch-tensorrt bundle; Jetson targets)")
-        trt_quantization: str = option("explicit", "TensorRT INT8: explicit (Q/DQ) | implicit (calibration cache)")
-        use_torch_ranges: bool = option(True, "CPU INT8: conv inputs take the torch quantizers' ranges")
-        float_consumers: bool = option(True, "CPU INT8: float consumers read the unquantized tensor, as in torch")
-        cache_bins: int = option(512, "histogram bins of the TensorRT implicit calibration cache")
-        dla_core: int | None = option(None, "trtexec --useDLACore (Jetson DLA core)")
-        workspace_mib: int = option(1024, "trtexec workspace in MiB")
-        fp16_fallback: bool = option(False, "trtexec --fp16 beside --int8 (FP16 for layers left float)")
-        threads: int | None = option(None, "ONNX Runtime threads of the runner that scores the lowered model")
+    Options = _FromBackends()  # type: ignore[assignment]  # the common and built-in backends' options
 
     def configure(self, **options: Any) -> None:
         """The declared options above, plus any option a backend declares (a new runtime's own options need

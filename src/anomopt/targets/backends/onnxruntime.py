@@ -28,6 +28,7 @@ import os
 import shutil
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from onnxruntime.quantization.calibrate import TensorData, TensorsData
 from anomopt.errors import DataError, TargetError
 from anomopt.graph import ModelGraph
 from anomopt.outputs import work_dir
+from anomopt.passes.options import option
 from anomopt.quant.attach import SCOPES, quantized_layers, weight_quantizer
 from anomopt.targets.backends import register_backend
 from anomopt.targets.backends.base import MODEL_FILE, Backend, Lowered, LoweringJob
@@ -681,7 +683,11 @@ class OnnxRuntimeBackend(Backend):
 
     runtime = "onnxruntime"
     description = "ONNX Runtime (CPU): FP32 ONNX, or static INT8 QDQ (uint8 activations x int8 weights)"
-    options = {"float_consumers": True, "use_torch_ranges": True}
+
+    @dataclass
+    class Options:
+        use_torch_ranges: bool = option(True, "CPU INT8: conv inputs take the torch quantizers' ranges")
+        float_consumers: bool = option(True, "CPU INT8: float consumers read the unquantized tensor, as in torch")
 
     def lower(self, job: LoweringJob) -> Lowered:
         if job.options["backend"] != "onnx":

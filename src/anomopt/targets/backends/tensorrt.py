@@ -23,6 +23,7 @@ import os
 import shlex
 import struct
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ import numpy as np
 import onnx
 
 from anomopt.errors import TargetError
+from anomopt.passes.options import option
 from anomopt.precision import PRECISION_NAMES
 from anomopt.quant.attach import SCOPES, fake_quantizers
 from anomopt.targets.backends import register_backend
@@ -449,13 +451,14 @@ class TensorRTBackend(Backend):
 
     runtime = "tensorrt"
     description = "TensorRT (Jetson): QDQ ONNX (explicit INT8) or FP32 ONNX (+ calib.cache), build_engine.sh"
-    options = {
-        "trt_quantization": "explicit",
-        "cache_bins": 512,
-        "dla_core": None,
-        "workspace_mib": 1024,
-        "fp16_fallback": False,
-    }
+
+    @dataclass
+    class Options:
+        trt_quantization: str = option("explicit", "TensorRT INT8: explicit (Q/DQ) | implicit (calibration cache)")
+        cache_bins: int = option(512, "histogram bins of the TensorRT implicit calibration cache")
+        dla_core: int | None = option(None, "trtexec --useDLACore (Jetson DLA core)")
+        workspace_mib: int = option(1024, "trtexec workspace in MiB")
+        fp16_fallback: bool = option(False, "trtexec --fp16 beside --int8 (FP16 for layers left float)")
 
     def lower(self, job: LoweringJob) -> Lowered:
         opts = job.options
