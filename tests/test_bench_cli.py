@@ -4,6 +4,7 @@ load warning, what ran in integer kernels, and the reasons printed when INT8 com
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -123,3 +124,40 @@ def test_cli_bench_refuses_bad_numbers_and_paths(tmp_path, capsys):
     assert "--iters" in capsys.readouterr().err
     assert main(["bench", str(tmp_path / "missing")]) == 2
     assert "neither an artifact folder nor a checkpoint" in capsys.readouterr().err
+
+
+def test_cli_bench_checkpoint_lowers_once_and_times_its_fp32_twin(tmp_path, monkeypatch, capsys):
+    """A checkpoint is lowered once: the FP32 row times the FP32 ONNX the INT8 lowering quantized."""
+    import onnx as onnx_
+
+    import anomopt.api
+    import anomopt.bench
+    import anomopt.targets.lower as lower_mod
+    from anomopt.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "m.ckpt", build_model("stfpm", image_size=64, pretrained=False), ["toy"])
+    lowered, timed = [], []
+    real_lower = lower_mod.lower_graph
+
+    def counting_lower(graph, target, bits, *args, **kwargs):
+        lowered.append((target.name, bits))
+        return real_lower(graph, target, bits, *args, **kwargs)
+
+    def fake_timing(spec, timeout=1800.0):  # the timing worker is not under test here
+        ops = {n.op_type for n in onnx_.load(spec["path"]).graph.node} if spec["backend"] == "ort" else set()
+        timed.append((Path(spec["path"]), ops))
+        return {"p50_ms": 2.0 if "QuantizeLinear" in ops else 3.0, "p90_ms": 3.0, "p99_ms": 3.0}
+
+    monkeypatch.setattr(lower_mod, "lower_graph", counting_lower)
+    monkeypatch.setattr(anomopt.api, "lower_graph", counting_lower)  # optimize() lowering when a pipeline did not
+    monkeypatch.setattr(anomopt.bench, "run_isolated", fake_timing)
+    assert main(["bench", str(ckpt), "--iters", "2", "--warmup", "0", "--batch", "2", "--json"]) == 0
+    assert lowered == [("cpu", 8)]
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [r["name"] for r in rows] == ["FP32 torch eager", "FP32 ONNX Runtime",
+                                         "INT8 ONNX Runtime (noise calibration)"]
+    (fp32, fp32_ops), (int8, int8_ops) = timed[1:]
+    assert fp32.parent == int8.parent  # one lowering folder
+    assert "QuantizeLinear" not in fp32_ops and "QuantizeLinear" in int8_ops and "Conv" in fp32_ops
+    assert rows[1]["baseline"] and rows[2]["speedup"] == 1.5 and rows[2]["profile"]["quantized_convs"] > 0

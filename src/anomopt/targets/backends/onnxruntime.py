@@ -674,12 +674,17 @@ def integer_kernel_counts(onnx_path: str | os.PathLike[str], level: str = "exten
     }
 
 
+FP32_FILE = "model_fp32.onnx"  # the FP32 export an INT8 model is quantized from (kept with keep_fp32_onnx)
+
+
 @register_backend
 class OnnxRuntimeBackend(Backend):
     """ONNX Runtime on the CPU: the FP32 ONNX (FP32), or its static INT8 QDQ form (INT8).
 
     Options: ``float_consumers`` (wire float consumers of quantized tensors back to the float tensor),
-    ``use_torch_ranges`` (conv inputs get the torch quantizers' scale and zero point)."""
+    ``use_torch_ranges`` (conv inputs get the torch quantizers' scale and zero point), ``keep_fp32_onnx``
+    (also keep the FP32 ONNX an INT8 model was quantized from, as ``model_fp32.onnx``, listed in the
+    artifact's files and in the record as ``fp32_model``; for FP32, ``fp32_model`` is ``model.onnx``)."""
 
     runtime = "onnxruntime"
     description = "ONNX Runtime (CPU): FP32 ONNX, or static INT8 QDQ (uint8 activations x int8 weights)"
@@ -688,6 +693,9 @@ class OnnxRuntimeBackend(Backend):
     class Options:
         use_torch_ranges: bool = option(True, "CPU INT8: conv inputs take the torch quantizers' ranges")
         float_consumers: bool = option(True, "CPU INT8: float consumers read the unquantized tensor, as in torch")
+        keep_fp32_onnx: bool = option(
+            False, "CPU INT8: also keep the FP32 ONNX it was quantized from (model_fp32.onnx, an FP32 baseline)"
+        )
 
     def lower(self, job: LoweringJob) -> Lowered:
         if job.options["backend"] != "onnx":
@@ -701,13 +709,20 @@ class OnnxRuntimeBackend(Backend):
                 "(xavier_nx / orin, trt_quantization='explicit')"
             )
         job.say(f"lower: exporting the FP32 ONNX graph (opset {job.opset})")
-        fp32 = export_onnx(job.graph, job.work / "model_fp32.onnx", opset=job.opset)
+        fp32 = export_onnx(job.graph, job.work / FP32_FILE, opset=job.opset)
         notes: dict[str, Any] = {"export": fp32.notes}
+        files, record = [MODEL_FILE], {}
         if job.quantized:
             notes.update(self._quantize(job, fp32.path, fp32.conv_map))
+            if job.options["keep_fp32_onnx"]:  # the FP32 lowering of the same graph, for a baseline
+                shutil.move(fp32.path, job.out / FP32_FILE)
+                files.append(FP32_FILE)
+                record["fp32_model"] = str(job.out / FP32_FILE)
         else:
             shutil.copyfile(fp32.path, job.model_path)
-        return Lowered(files=[MODEL_FILE], runner="onnxruntime CPU (the artifact itself)", notes=notes)
+            if job.options["keep_fp32_onnx"]:
+                record["fp32_model"] = str(job.model_path)
+        return Lowered(files=files, runner="onnxruntime CPU (the artifact itself)", notes=notes, record=record)
 
     @staticmethod
     def _quantize(job: LoweringJob, fp32_path: Path, conv_map: dict[str, str]) -> dict[str, Any]:
