@@ -23,9 +23,10 @@ def register(subparsers: Any) -> None:
             "Benchmark ARTIFACT_OR_CHECKPOINT on this CPU against its FP32 baseline. An INT8 artifact folder is "
             "timed in ONNX Runtime next to its FP32 twin (the same ONNX with Q/DQ folded away); a checkpoint is "
             "timed as FP32 torch eager, FP32 ONNX Runtime and INT8 ONNX Runtime, both from one lowering "
-            "(calibrated on --data, or on random-normal noise when absent, which times the same kernels). Batch-1 latency p50/p90/p99 "
-            "after warm-up, the speed-up over FP32 ONNX Runtime, batch-N throughput, peak RSS per backend (each "
-            "in its own process), the convs that run in integer kernels per role, and the machine's load."
+            "(calibrated on --data, or on random-normal noise when absent, which times the same kernels). "
+            "Batch-1 latency p50/p90/p99 after warm-up, the speed-up over FP32 ONNX Runtime, batch-N throughput, "
+            "peak RSS per backend (each in its own process), the convs that run in integer kernels per role, "
+            "and the machine's load."
         ),
     )
     bench.add_argument(

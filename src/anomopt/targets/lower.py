@@ -148,8 +148,9 @@ class Lower(Pass):
     Options = _FromBackends()  # type: ignore[assignment]  # the common and built-in backends' options
 
     def configure(self, **options: Any) -> None:
-        """The declared options above, plus any option a backend declares (a new runtime's own options need
-        no change here); the target's backend checks them when the pass runs."""
+        """The typed options (:func:`lower_options`: the common and built-in backends' ones), plus any option
+        another registered backend declares (a new runtime's own options need no change here); the target's
+        backend checks them when the pass runs."""
         declared = {f.name for f in dataclasses.fields(self.Options)} | set(self.TOLERANCE_KEYS)
         extra = {k: options.pop(k) for k in list(options) if k not in declared and k in backend_option_names()}
         super().configure(**options)
