@@ -161,3 +161,22 @@ def test_cli_bench_checkpoint_lowers_once_and_times_its_fp32_twin(tmp_path, monk
     assert fp32.parent == int8.parent  # one lowering folder
     assert "QuantizeLinear" not in fp32_ops and "QuantizeLinear" in int8_ops and "Conv" in fp32_ops
     assert rows[1]["baseline"] and rows[2]["speedup"] == 1.5 and rows[2]["profile"]["quantized_convs"] > 0
+
+
+def test_isolated_worker_honours_spin_and_time_cap(toy_artifact, monkeypatch):
+    """The worker process builds its ORT session with the spin setting it was given (it used to drop
+    ``spin`` and ``max_seconds``, so every ORT row of the latency benchmark busy-waited)."""
+    import anomopt.bench as bench
+
+    seen = {}
+    real = bench.measure_ort
+
+    def spy(path, **kwargs):
+        seen.update(kwargs)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(bench, "measure_ort", spy)
+    model = str(Path(toy_artifact[0]) / "model.onnx")
+    record = bench._worker({"backend": "ort", "path": model, "image_size": 32, "threads": 1, "warmup": 1,
+                            "iters": 3, "batch": 2, "batch_iters": 1, "spin": False, "max_seconds": 5.0})
+    assert record["spin"] is False and seen["max_seconds"] == 5.0

@@ -172,6 +172,39 @@ def test_latency_aware_pass_on_a_synthetic_table(tmp_path):
         LatencyAwarePrecision(cost_models="x")
 
 
+def test_latency_aware_pass_plans_last_convs_as_integer_without_float_consumers(tmp_path):
+    """With ``float_consumers = false`` (as the lowering will be told) the head reads quantized outputs, so the
+    last conv of each role is planned, and reported, as the integer conv ONNX Runtime will run."""
+    images = torch.rand(24, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    graph = capture(ToyKD(seed=3).eval(), images[:1])
+    ctx = PassContext(calib_images=images[:16], held_images=images[16:])
+    graph, _ = PassManager([InsertFakeQuant(scope="all"), Calibrate(method="max")]).run(graph, ctx)
+    stem, second = ConvShape(3, 8, 3, 2, 1, 32, 32), ConvShape(8, 16, 3, 2, 1, 16, 16)
+    path = tmp_path / "fast.json"
+    _table({stem: (50.0, 10.0), second: (100.0, 10.0)}).save(path)
+    ctx.notes.clear()
+    LatencyAwarePrecision(cost_model=str(path), float_consumers=False, accuracy=False).run(graph, ctx)
+    assert {r["kernel"] for r in ctx.notes["layers"]} == {"integer"}
+    assert ctx.notes["estimate_us"]["chosen"] < 2 * (100.0 + 10.0)  # every conv at its INT8 time + conversions
+
+
+def test_shipped_fast_pipeline_runs_every_conv_as_an_integer_conv(tmp_path):
+    """``cpu-int8-fast`` on a real (untrained) STFPM: ONNX Runtime's optimized graph has no float conv left,
+    the last conv of each tower included, and the plan's notes say the same."""
+    from anomopt.api import optimize
+    from anomopt.models import build_model
+
+    torch.manual_seed(0)
+    calib = torch.rand(12, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    om = optimize(build_model("stfpm", image_size=64), "cpu", 8, calib=calib, calib_samples=8, variant="fast",
+                  workdir=tmp_path, progress=False)
+    kernels = om.graph.state.artifact["notes"]["integer_kernels"]
+    assert kernels["float_convs"] == 0 and kernels["integer_convs"] > 0
+    notes = next(r.notes for r in om.passes_report.records if r.name == "latency_aware_precision")
+    planned = {r["kernel"] for r in notes["layers"] if r["choice"] == "int8"}
+    assert planned == {"integer"}
+
+
 def test_latency_aware_pass_restores_layers_for_accuracy(tmp_path):
     """Under a drift tolerance no INT8 layer meets, the layers the cost model kept in INT8 go back to FP32 too,
     with the same restore as auto_mixed_precision, and the notes hold only this pass's own keys."""

@@ -292,7 +292,8 @@ def measure_tensorrt(
 
 def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     kind = spec["backend"]
-    common = {k: spec[k] for k in ("image_size", "threads", "warmup", "iters", "batch", "batch_iters") if k in spec}
+    keys = ("image_size", "threads", "warmup", "iters", "batch", "batch_iters", "spin", "max_seconds")
+    common = {k: spec[k] for k in keys if k in spec}
     if kind == "ort":
         return measure_ort(spec["path"], **common)
     if kind == "trt":

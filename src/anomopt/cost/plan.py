@@ -2,9 +2,10 @@
 
 The estimate of a plan (the set of convs run in INT8) on an FP32 ONNX graph:
 
-- every candidate conv at its INT8 or FP32 cost (:meth:`CostModel.conv_us`); an INT8 conv whose output
-  only float nodes read (the last layer before the distance) runs as a float conv on dequantized inputs
-  in ONNX Runtime, so it costs its FP32 time;
+- every candidate conv at its INT8 or FP32 cost (:meth:`CostModel.conv_us`); when the lowering keeps float
+  consumers float (``lower``'s ``float_consumers``, the default), an INT8 conv whose output only float nodes
+  read (the last layer before the distance) runs as a float conv on dequantized inputs in ONNX Runtime, so
+  it costs its FP32 time; without, it runs as an integer conv and its output pays a ``DequantizeLinear``;
 - the glue ops the lowering quantizes with them (``_useful_glue``: Add / Concat / Resize / ... between
   quantized convs) run in integer form at no extra cost;
 - every tensor entering the quantized region from a float producer pays one ``QuantizeLinear`` and every
@@ -50,9 +51,11 @@ class PrecisionPlan:
 
 
 class _Estimator:
-    def __init__(self, proto: onnx.ModelProto, shapes: dict[str, ConvShape], cost: CostModel, roles: Iterable[str]):
+    def __init__(self, proto: onnx.ModelProto, shapes: dict[str, ConvShape], cost: CostModel, roles: Iterable[str],
+                 float_consumers: bool = True):
         from anomopt.targets.backends.onnxruntime import _useful_glue
 
+        self.float_consumers = float_consumers
         self._glue = _useful_glue
         self.proto = proto
         self.roles = list(roles)
@@ -80,8 +83,8 @@ class _Estimator:
 
     def float_output(self, conv: str, quantized: set[str]) -> bool:
         """A conv whose output only float nodes read has no output quantization, so ONNX Runtime runs it as
-        a float conv on dequantized inputs (the lowering keeps float consumers float)."""
-        return not any(c in quantized for t in self.outs[conv] for c in self.consumers.get(t, []))
+        a float conv on dequantized inputs (when the lowering keeps float consumers float)."""
+        return self.float_consumers and not any(c in quantized for t in self.outs[conv] for c in self.consumers.get(t, []))
 
     def conversions(self, int8: set[str]) -> tuple[float, int, int]:
         quantized = self.quantized(int8)
@@ -129,12 +132,14 @@ def plan_precision(
     candidates: Iterable[str],
     cost: CostModel,
     roles: Iterable[str] = ("student",),
+    float_consumers: bool = True,
 ) -> PrecisionPlan:
     """Which of ``candidates`` (ONNX Conv node names with a shape in ``shapes``) to run in INT8; see the
     module doc for the estimate. Each layer record says its FP32 / INT8 cost, the lookup rule, the choice
-    and the change in the estimate if that one layer were flipped (the reason)."""
+    and the change in the estimate if that one layer were flipped (the reason). ``float_consumers``: as the
+    ``lower`` pass will be told (whether float nodes read a quantized conv's unquantized output)."""
     cands = [c for c in dict.fromkeys(candidates) if c in shapes]
-    est = _Estimator(proto, {c: shapes[c] for c in cands}, cost, roles)
+    est = _Estimator(proto, {c: shapes[c] for c in cands}, cost, roles, float_consumers)
     all_int8, all_fp32 = est.total(set(cands), cands), est.total(set(), cands)
     a, va = _improve(est, set(cands), cands)
     b, vb = _improve(est, set(), cands)

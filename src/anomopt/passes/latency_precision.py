@@ -39,6 +39,10 @@ class LatencyAwarePrecision(Pass):
         cost_model: str = option("", "cost model JSON written by `anomopt profile` (empty: the shipped CPU model)")
         accuracy: bool = option(True, "then restore layers to FP until the drift tolerance holds")
         max_fp_fraction: float = option(0.25, "at most this fraction of the layers restored for accuracy")
+        float_consumers: bool = option(
+            True, "as the pipeline's `lower` pass: false = the head reads quantized outputs, so a tower's last "
+            "conv runs as an integer conv"
+        )
 
     def run(self, graph: ModelGraph, ctx: PassContext) -> ModelGraph:
         import onnx
@@ -61,7 +65,8 @@ class LatencyAwarePrecision(Pass):
         shapes = conv_shapes_of_onnx(proto)
         node_of = {module: node for node, module in exp.conv_map.items()}
         candidates = [node_of[m] for m in layers if m in node_of and node_of[m] in shapes]
-        plan = plan_precision(proto, shapes, candidates, cost, SCOPES.get(scope, ("student",)))
+        plan = plan_precision(proto, shapes, candidates, cost, SCOPES.get(scope, ("student",)),
+                              float_consumers=self.options.float_consumers)
         to_fp = [exp.conv_map[n] for n in candidates if n not in plan.int8]
         for name in to_fp:
             set_layer_quantized(graph, name, False)
