@@ -84,7 +84,8 @@ class _Estimator:
     def float_output(self, conv: str, quantized: set[str]) -> bool:
         """A conv whose output only float nodes read has no output quantization, so ONNX Runtime runs it as
         a float conv on dequantized inputs (when the lowering keeps float consumers float)."""
-        return self.float_consumers and not any(c in quantized for t in self.outs[conv] for c in self.consumers.get(t, []))
+        read = any(c in quantized for t in self.outs[conv] for c in self.consumers.get(t, []))
+        return self.float_consumers and not read
 
     def conversions(self, int8: set[str]) -> tuple[float, int, int]:
         quantized = self.quantized(int8)
