@@ -52,14 +52,19 @@ REALDEV = REPO.parent / "shared" / "data" / "realdev"
 
 
 def _calibration(args: argparse.Namespace, size: int) -> tuple[torch.Tensor, str]:
+    """``--calib-samples`` normal training images of ``--calib-category`` ('all': every category, a seeded
+    random draw), or noise when the folder is missing."""
     root = Path(args.calib_data) if args.calib_data else REALDEV
-    if (root / args.calib_category / "train").is_dir():
+    every = args.calib_category == "all"
+    if (root / args.calib_category / "train").is_dir() or (every and root.is_dir()):
         from anomopt.data import load_mvtec
 
-        data = load_mvtec(root, [args.calib_category], split="train", image_size=size)
+        data = load_mvtec(root, "all" if every else [args.calib_category], split="train", image_size=size)
         n = min(len(data), args.calib_samples)
-        images = torch.stack([data[i]["image"] for i in range(n)])
-        return images, f"{n} normal training images of {root.name}/{args.calib_category}"
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0)).tolist() if every else range(n)
+        images = torch.stack([data[i]["image"] for i in list(order)[:n]])
+        return images, f"{n} normal training images of {root.name}/{args.calib_category} (seeded draw)" if every \
+            else f"{n} normal training images of {root.name}/{args.calib_category}"
     return noise_images(args.calib_samples, size, "efficientnet_lite0", seed=0), (
         f"{args.calib_samples} random-normal noise images (no calibration data found)"
     )
@@ -245,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=60.0, help="cap per timing loop (min 10 runs)")
     parser.add_argument("--checkpoint-dir", default=None, help="folder with stfpm.pt / rd.pt / us.pt")
     parser.add_argument("--calib-data", default=None, help="MVTec-layout root (default: ../shared/data/realdev)")
-    parser.add_argument("--calib-category", default="metal_plate")
+    parser.add_argument("--calib-category", default="metal_plate",
+                        help="a category of --calib-data, or 'all' (a seeded draw over every category)")
     parser.add_argument("--calib-samples", type=int, default=64)
     parser.add_argument("--eval-data", default=None,
                         help="MVTec-layout root: also give each variant's image / pixel AUROC on its test split "
