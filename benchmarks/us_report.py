@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--study", required=True)
     p.add_argument("--quant", default=None)
     p.add_argument("--notes", default="", help="markdown placed before the tables (@FILE: read it from FILE)")
+    p.add_argument("--part", default=None, help="write the runs as this part of the section (e.g. bars-256px) "
+                   "instead of replacing the section")
     rw.add_args(p)
     args = p.parse_args(argv)
     run = rw.RunInfo.start(__file__, 1, argv)
@@ -79,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         quant = [json.loads(line) for line in Path(args.quant).read_text().splitlines() if line.strip()]
         body += ["", "**INT8** (shipped pipelines through optimize(), ONNX Runtime artifact on the test split)", "",
                  quant_table(quant)]
-    rw.publish(args, "us-study", "Uninformed Students: recipe study", "benchmarks/us_report.py", "\n".join(body), run)
+    rw.publish(args, "us-study", "Uninformed Students: recipe study", "benchmarks/us_report.py", "\n".join(body), run,
+               part=args.part)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ distances up to float rounding (``tests/test_head_lean.py`` says so), measured b
 - :func:`cosine_distance`: RD's ``1 - cos(t, s)`` from the same three reductions.
 - :class:`LeanMapHead`: for ``combine="sum"`` the bilinear upsampling and the separable blur are both linear,
   so each scale's map goes to the blurred full-size map with two small matrix products,
-  ``(B U_h) m (B U_w)^T``, and no full-size Resize, add or blur remains. For ``"product"`` the
-  upsampling cannot move past the product; the head is MapHead's.
+  ``(B U_h) m (B U_w)^T``, and no full-size Resize, add or blur remains. For ``"product"`` the blur cannot
+  move past the product, but each scale's upsampling is still two small matrix products ``U_h m U_w^T``
+  instead of a Resize (ONNX Runtime's bilinear Resize is the slower kernel on CPU).
 """
 
 from __future__ import annotations
@@ -59,12 +60,12 @@ class LeanMapHead(MapHead):
 
     def __init__(self, image_size: int, combine: str = "sum", blur_sigma: float = 4.0) -> None:
         super().__init__(image_size, combine, blur_sigma)
-        self._folded: dict[tuple[int, int, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._folded: dict[tuple[int, int, torch.dtype, bool], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _matrices(self, h: int, w: int, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (h, w, ref.dtype)
+    def _matrices(self, h: int, w: int, ref: torch.Tensor, fold_blur: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (h, w, ref.dtype, fold_blur)
         if key not in self._folded:
-            blur = self.blur_matrix.double() if self.blur_matrix is not None else None
+            blur = self.blur_matrix.double() if self.blur_matrix is not None and fold_blur else None
             mats = []
             for n in (h, w):
                 u = upsample_matrix(n, self.image_size)
@@ -75,13 +76,27 @@ class LeanMapHead(MapHead):
 
     def forward(self, maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.combine != "sum":
-            return super().forward(maps)
+            return self._product(maps)
         total: torch.Tensor | None = None
         for m in maps:
             left, right_t = self._matrices(int(m.shape[-2]), int(m.shape[-1]), m)
             part = left @ m @ right_t
             total = part if total is None else total + part
         assert total is not None
+        return total.flatten(1).amax(dim=1), total
+
+
+    def _product(self, maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``"product"``: each scale upsampled by two small matrix products (no Resize), then the product and
+        the blur, as :class:`MapHead` does."""
+        total: torch.Tensor | None = None
+        for m in maps:
+            left, right_t = self._matrices(int(m.shape[-2]), int(m.shape[-1]), m, fold_blur=False)
+            up = left @ m @ right_t
+            total = up if total is None else total * up
+        assert total is not None
+        if self.blur_matrix is not None:
+            total = self.blur_matrix @ total @ self.blur_matrix.transpose(0, 1)
         return total.flatten(1).amax(dim=1), total
 
 

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from anomopt.models.backbones import create_feature_extractor, get_backbone_config
-from anomopt.models.base import InputNormalize, KDModel, MapHead, ModelConfig, freeze
-from anomopt.models.head import stfpm_distance
+from anomopt.models.base import InputNormalize, KDModel, ModelConfig, freeze
+from anomopt.models.head import LeanMapHead, stfpm_distance
 from anomopt.models.teacher import Teacher
 
 
@@ -26,7 +26,7 @@ class STFPM(KDModel):
         self.student = nn.Sequential()
         self.student.add_module("normalize", InputNormalize(cfg.mean, cfg.std))
         self.student.add_module("features", create_feature_extractor(self.config.backbone, pretrained=False))
-        self.head = MapHead(self.config.image_size, combine="product", blur_sigma=self.config.blur_sigma)
+        self.head = LeanMapHead(self.config.image_size, combine="product", blur_sigma=self.config.blur_sigma)
 
     def teacher_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.teacher(x)
