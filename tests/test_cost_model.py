@@ -284,3 +284,28 @@ def test_profile_refuses_an_existing_out_file_before_measuring(tmp_path, capsys)
     assert out.read_text() == "{}"
     assert cli(["profile", "--out", str(tmp_path)]) == 2  # a folder is not a file
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_fast_pipeline_refuses_float_consumers_that_disagree_with_lower(tmp_path):
+    """The plan prices the kernels `lower` will produce: a pipeline setting `float_consumers` differently in
+    the two passes fails before anything runs, naming both."""
+    import anomopt.api  # noqa: F401  (registers the 'lower' pass)
+    from anomopt.errors import PipelineError
+    from anomopt.passes import load_pipeline
+    from anomopt.targets import pipeline_path
+
+    text = pipeline_path("cpu", 8, "fast").read_text()
+    assert text.count("float_consumers = false") == 2
+    from anomopt.api import optimize
+    from anomopt.passes.manager import PassManager
+
+    shipped = load_pipeline(pipeline_path("cpu", 8, "fast")).passes
+    for p in shipped:  # the shipped file agrees with itself
+        p.check_pipeline(shipped)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace("float_consumers = false", "float_consumers = true", 1))
+    with pytest.raises(PipelineError, match="float_consumers.*lower float_consumers"):
+        PassManager(load_pipeline(bad).passes).check({"captured"})
+    with pytest.raises(PipelineError, match="set both the same"):  # optimize() refuses it before any pass runs
+        optimize(ToyKD().eval(), "cpu", 8, calib=torch.rand(8, 3, 32, 32), passes=bad, workdir=tmp_path / "w",
+                 progress=False)

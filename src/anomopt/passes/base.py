@@ -129,6 +129,10 @@ class Pass:
         """``{option: (type, default, doc)}`` (tolerance keys are accepted besides these)."""
         return option_docs(cls.Options)
 
+    def check_pipeline(self, passes: list[Pass]) -> None:
+        """Raise :class:`~anomopt.errors.PipelineError` when this pass's options contradict another pass of
+        the same pipeline (checked before anything runs); most passes have nothing to check."""
+
     def run(self, graph: ModelGraph, ctx: PassContext) -> ModelGraph:  # pragma: no cover - interface
         raise NotImplementedError
 

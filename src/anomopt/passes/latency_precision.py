@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from anomopt.errors import PipelineError
 from anomopt.graph import ModelGraph
 from anomopt.passes.base import Pass, PassContext
 from anomopt.passes.mixed_precision import restore_for_drift
@@ -43,6 +44,16 @@ class LatencyAwarePrecision(Pass):
             True, "as the pipeline's `lower` pass: false = the head reads quantized outputs, so a tower's last "
             "conv runs as an integer conv"
         )
+
+    def check_pipeline(self, passes: list[Pass]) -> None:
+        """Its ``float_consumers`` must be the ``lower`` pass's, or the plan prices kernels ORT will not run."""
+        for p in passes:
+            theirs = getattr(p.options, "float_consumers", None) if p.name == "lower" else None
+            if theirs is not None and bool(theirs) != self.options.float_consumers:
+                raise PipelineError(
+                    f"latency_aware_precision float_consumers = {str(self.options.float_consumers).lower()} but "
+                    f"lower float_consumers = {str(bool(theirs)).lower()}: set both the same"
+                )
 
     def run(self, graph: ModelGraph, ctx: PassContext) -> ModelGraph:
         import onnx

@@ -89,6 +89,8 @@ class PassManager:
             if clash:
                 raise PipelineError(f"pass #{i + 1} {p.name!r} cannot run once the graph is {sorted(clash)}")
             props = _after(props, p)
+        for p in self.passes:
+            p.check_pipeline(self.passes)
 
     def run(self, graph: ModelGraph, ctx: PassContext) -> tuple[ModelGraph, PipelineReport]:
         """Run every pass; raise :class:`DriftError` when one breaks its tolerance."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 from pathlib import Path
 
 from anomopt.errors import TargetError
@@ -22,6 +23,9 @@ def register_backend(cls: type[Backend]) -> type[Backend]:
     if not (isinstance(cls, type) and issubclass(cls, Backend)) or not cls.runtime:
         raise TargetError(f"register_backend: {cls!r} is not a Backend subclass with a 'runtime' name")
     _BACKENDS[cls.runtime] = cls
+    lower = sys.modules.get("anomopt.targets.lower")
+    if lower is not None:  # Lower.Options is made from the backends' declarations: make it again
+        lower.lower_options.cache_clear()
     return cls
 
 
