@@ -11,8 +11,9 @@ stand-in (the QDQ ONNX computes the int8 math TensorRT runs; FP16 is not emulate
 
 Options: ``threads`` (runner), ``backend`` (``onnx`` | ``torch_tensorrt``), and the options the target's
 backend declares (ONNX Runtime: ``float_consumers``, ``use_torch_ranges``, ``keep_fp32_onnx``; TensorRT:
-``trt_quantization``, ``cache_bins``, ``dla_core``, ``workspace_mib``, ``fp16_fallback``). ``Lower.Options`` is made from those
-declarations (types, defaults, docs: :func:`lower_options`), so the defaults live in the backends only.
+``trt_quantization``, ``cache_bins``, ``dla_core``, ``workspace_mib``, ``fp16_fallback``). ``Lower.Options``
+is made from those declarations (types, defaults, docs: :func:`lower_options`), so the defaults live in the
+backends only.
 An option the backend does not read is a :class:`ConfigError`.
 """
 
