@@ -53,6 +53,7 @@ PIPELINES: dict[str, tuple[str, int, str | None]] = {
     "cpu-int8": ("cpu", 8, None),
     "cpu-int8-qat": ("cpu", 8, "qat"),
     "cpu-int8-prune": ("cpu", 8, "prune"),
+    "cpu-int8-fast": ("cpu", 8, "fast"),
     "xavier_nx-int8": ("xavier_nx", 8, None),
 }
 KEYS = ("image_auroc", "false_reject_rate", "escape_rate", "f1_at_threshold", "median_z_good")

@@ -75,27 +75,16 @@ class LeanMapHead(MapHead):
         return left.to(ref.device), right_t.to(ref.device)
 
     def forward(self, maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.combine != "sum":
-            return self._product(maps)
+        # "sum": the blur is folded into each scale's matrices; "product": it cannot pass the product, so each
+        # scale is only upsampled by its matrices and the product is blurred after, as in MapHead
+        folded = self.combine == "sum"
         total: torch.Tensor | None = None
         for m in maps:
-            left, right_t = self._matrices(int(m.shape[-2]), int(m.shape[-1]), m)
-            part = left @ m @ right_t
-            total = part if total is None else total + part
-        assert total is not None
-        return total.flatten(1).amax(dim=1), total
-
-
-    def _product(self, maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``"product"``: each scale upsampled by two small matrix products (no Resize), then the product and
-        the blur, as :class:`MapHead` does."""
-        total: torch.Tensor | None = None
-        for m in maps:
-            left, right_t = self._matrices(int(m.shape[-2]), int(m.shape[-1]), m, fold_blur=False)
+            left, right_t = self._matrices(int(m.shape[-2]), int(m.shape[-1]), m, fold_blur=folded)
             up = left @ m @ right_t
-            total = up if total is None else total * up
+            total = up if total is None else (total + up if folded else total * up)
         assert total is not None
-        if self.blur_matrix is not None:
+        if not folded and self.blur_matrix is not None:
             total = self.blur_matrix @ total @ self.blur_matrix.transpose(0, 1)
         return total.flatten(1).amax(dim=1), total
 
